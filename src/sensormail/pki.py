@@ -1,0 +1,213 @@
+"""Certificates and keys, built with cryptography's builders.
+
+A `CA` issues; what it issues are value objects. Nothing here touches the
+disk: the store (`store.py`) decides what to keep and where.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from enum import Enum
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "CA",
+    "Issued",
+    "Purpose",
+    "WireGuardKeys",
+    "fingerprint",
+    "load_cert",
+    "new_key",
+    "wireguard_keys",
+]
+
+# Certificates start a little in the past so a sensor whose clock lags
+# slightly still accepts the gateway (and vice versa).
+BACKDATE = dt.timedelta(minutes=5)
+ORGANIZATION = "sensormail fleet"
+
+
+class Purpose(Enum):
+    """What a leaf certificate is for; it decides the extended key usage."""
+
+    CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
+    SERVER = ExtendedKeyUsageOID.SERVER_AUTH
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate with its private key (the key never leaves the store)."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def key_pem(self, passphrase: bytes | None = None) -> bytes:
+        encryption = (
+            serialization.BestAvailableEncryption(passphrase)
+            if passphrase
+            else serialization.NoEncryption()
+        )
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+        )
+
+
+@dataclass(frozen=True)
+class WireGuardKeys:
+    private: str  # base64, as wg(8) writes it
+    public: str
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def wireguard_keys() -> WireGuardKeys:
+    key = x25519.X25519PrivateKey.generate()
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return WireGuardKeys(base64.b64encode(raw).decode(), base64.b64encode(pub).decode())
+
+
+def wireguard_public(private: str) -> str:
+    key = x25519.X25519PrivateKey.from_private_bytes(base64.b64decode(private))
+    pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(pub).decode()
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER certificate, as Postfix prints it (AB:CD:…)."""
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def load_cert(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+class CA:
+    """A certificate authority: the fleet root, or the issuing intermediate."""
+
+    def __init__(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey):
+        self.cert = cert
+        self.key = key
+
+    @classmethod
+    def new_root(cls, common_name: str, days: int, now: dt.datetime | None = None) -> CA:
+        key = new_key()
+        builder = cls._builder(_name(common_name), _name(common_name), key, days, now)
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        ).add_extension(_ca_usage(), critical=True)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
+        return cls(builder.sign(key, hashes.SHA256()), key)
+
+    def new_intermediate(self, common_name: str, days: int, now: dt.datetime | None = None) -> CA:
+        key = new_key()
+        builder = self._builder(_name(common_name), self.cert.subject, key, days, now)
+        builder = self._with_aki(builder)
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=0), critical=True
+        ).add_extension(_ca_usage(), critical=True)
+        return CA(builder.sign(self.key, hashes.SHA256()), key)
+
+    def issue(
+        self,
+        common_name: str,
+        purpose: Purpose,
+        days: int,
+        *,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+        key: ec.EllipticCurvePrivateKey | None = None,
+        now: dt.datetime | None = None,
+    ) -> Issued:
+        key = key or new_key()
+        builder = self._builder(_name(common_name), self.cert.subject, key, days, now)
+        builder = self._with_aki(builder)
+        builder = (
+            builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([purpose.value]), critical=False)
+        )
+        names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return Issued(builder.sign(self.key, hashes.SHA256()), key)
+
+    def _with_aki(self, builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+        ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+
+    @staticmethod
+    def _builder(
+        subject: x509.Name,
+        issuer: x509.Name,
+        key: ec.EllipticCurvePrivateKey,
+        days: int,
+        now: dt.datetime | None,
+    ) -> x509.CertificateBuilder:
+        start = (now or dt.datetime.now(dt.UTC)) - BACKDATE
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        )
+
+
+def _ca_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
