@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
 
 from .. import render
-from ..fleet import GATEWAY_GROUP, SENSOR_GROUP
+from ..fleet import GATEWAY_GROUP, SENSOR_GROUP, FleetError
+from ..store import StoreError
 from . import agent, postfix, wireguard
 from .context import fleet_and_credentials
 from .files import push
@@ -66,7 +68,12 @@ def sensor() -> None:
 
 def sensormail() -> None:
     """Deploy whatever the current host's inventory groups make it."""
-    fleet_and_credentials()  # validates the whole inventory before any host is touched
+    try:
+        # The whole inventory is validated and the store synced before any
+        # operation exists: a bad inventory stops the run with nothing pushed.
+        fleet_and_credentials()
+    except (FleetError, StoreError) as exc:
+        raise DeployError(str(exc)) from None
     if GATEWAY_GROUP in host.groups:
         gateway()
     elif SENSOR_GROUP in host.groups:

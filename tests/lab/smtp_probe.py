@@ -1,0 +1,38 @@
+"""Run on a sensor (python3 - MODE SENDER < smtp_probe.py): talk to the gateway by hand.
+
+MODE is "cert" (this sensor's own certificate), "nocert" (none) or "selfsigned"
+(a certificate of no fleet CA, given in SELFSIGNED_PEM). Prints one line: the outcome of MAIL+RCPT.
+"""
+
+import importlib.machinery
+import importlib.util
+import ssl
+import sys
+import tempfile
+
+loader = importlib.machinery.SourceFileLoader("agent", "/usr/local/bin/sensormail-send")
+spec = importlib.util.spec_from_loader("agent", loader)
+agent = importlib.util.module_from_spec(spec)
+loader.exec_module(agent)
+
+mode, sender = sys.argv[1], sys.argv[2]
+context = ssl.create_default_context(cafile=agent.CA_FILE)
+if mode == "cert":
+    context.load_cert_chain(agent.CERT_FILE, agent.KEY_FILE)
+elif mode == "selfsigned":
+    # SELFSIGNED_PEM (certificate and key) is prepended to this script by the test.
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as pem:
+        pem.write(SELFSIGNED_PEM)  # noqa: F821
+        pem.flush()
+        context.load_cert_chain(pem.name)
+try:
+    with agent._GatewaySMTP(agent.GATEWAY_ADDRESS, agent.PORT, local_hostname="probe.invalid",
+                            context=context, timeout=20) as smtp:  # fmt: skip
+        code, _ = smtp.mail(sender)
+        if code >= 400:
+            print(f"MAIL {code}")
+            sys.exit(0)
+        code, _ = smtp.rcpt("ops@lab.example")
+        print(f"RCPT {code}")
+except Exception as exc:  # the outcome is what we report
+    print(f"ERROR {type(exc).__name__}: {exc}")
