@@ -35,6 +35,9 @@ gateway = [
 ]
 
 sensors = [
-    (name, _ssh(name) | {"sensormail_lab": True, "sensormail_sender": f"{name}@sensors.lab.example"})
+    (
+        name,
+        _ssh(name) | {"sensormail_lab": True, "sensormail_sender": f"{name}@sensors.lab.example"},
+    )
     for name in ("sensor-1", "sensor-2")
 ]

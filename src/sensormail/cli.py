@@ -24,7 +24,9 @@ def pki_status(args: argparse.Namespace) -> int:
     for name, rec in sorted(records.items()):
         days = (dt.datetime.fromisoformat(rec.not_after) - now).days
         expiring += days < args.warn_days
-        print(f"{name:<20} {rec.role:<8} {rec.mode:<5} {rec.address:<16} {rec.not_after:<26} {days}")
+        print(
+            f"{name:<20} {rec.role:<8} {rec.mode:<5} {rec.address:<16} {rec.not_after:<26} {days}"
+        )
     return 1 if expiring else 0
 
 

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
@@ -53,7 +53,7 @@ class FleetError(ValueError):
         super().__init__("invalid inventory:\n  " + "\n  ".join(problems))
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """How a sensor authenticates to the gateway's Postfix."""
 
     CERT = "cert"
@@ -234,7 +234,9 @@ def build_fleet(entries: Iterable[HostEntry]) -> Fleet:
         sender = _sender(entry.name, entry.data.get("sensormail_sender"), problems)
         if sender and sender in senders:
             problems.append(
-                _problem(entry.name, "sensormail_sender", f"{sender} is already {senders[sender]}'s")
+                _problem(
+                    entry.name, "sensormail_sender", f"{sender} is already {senders[sender]}'s"
+                )
             )
         senders.setdefault(sender, entry.name)
         raw_mode = entry.data.get("sensormail_mode", Mode.CERT.value)
@@ -242,11 +244,15 @@ def build_fleet(entries: Iterable[HostEntry]) -> Fleet:
             mode = Mode(raw_mode)
         except ValueError:
             problems.append(
-                _problem(entry.name, "sensormail_mode", f"must be 'cert' or 'psk', not {raw_mode!r}")
+                _problem(
+                    entry.name, "sensormail_mode", f"must be 'cert' or 'psk', not {raw_mode!r}"
+                )
             )
             mode = Mode.CERT
         if mode is Mode.PSK:
-            problems.append(_problem(entry.name, "sensormail_mode", "psk mode is not available yet"))
+            problems.append(
+                _problem(entry.name, "sensormail_mode", "psk mode is not available yet")
+            )
         sensors.append(Sensor(entry.name, sender, mode))
 
     if problems or gateway is None:

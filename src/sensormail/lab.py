@@ -146,7 +146,14 @@ def _build_image() -> None:
 
 
 def _ensure_network() -> None:
-    inspect = _podman("network", "inspect", NETWORK, "--format", "{{range .Subnets}}{{.Subnet}}{{end}}", check=False)
+    inspect = _podman(
+        "network",
+        "inspect",
+        NETWORK,
+        "--format",
+        "{{range .Subnets}}{{.Subnet}}{{end}}",
+        check=False,
+    )
     if inspect.returncode == 0 and inspect.stdout.strip() == SUBNET:
         return
     if inspect.returncode == 0:

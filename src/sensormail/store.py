@@ -155,7 +155,10 @@ class Store:
 
     @staticmethod
     def _mkdir(path: Path) -> None:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # parents=True would give missing parents the default mode: make each 0700.
+        for directory in reversed([path, *path.parents]):
+            if not directory.exists():
+                directory.mkdir(mode=0o700, exist_ok=True)
 
     # -- CA passphrase -------------------------------------------------------
     def passphrase(self, lab: bool) -> bytes:
@@ -167,7 +170,9 @@ class Store:
             try:
                 data = Path(file).read_bytes().strip()
             except OSError as exc:
-                raise StoreError(f"SENSORMAIL_CA_PASSPHRASE_FILE: cannot read {file}: {exc}")
+                raise StoreError(
+                    f"SENSORMAIL_CA_PASSPHRASE_FILE: cannot read {file}: {exc}"
+                ) from None
             if not data:
                 raise StoreError(f"SENSORMAIL_CA_PASSPHRASE_FILE: {file} is empty")
             return data
@@ -195,7 +200,9 @@ class Store:
         root = pki.CA(pki.load_cert(root_crt.read_bytes()), self._load_key(root_key, passphrase))
         if not issuing_crt.exists():
             issuing = root.new_intermediate("sensormail fleet issuing CA", ISSUING_DAYS)
-            write_atomic(issuing_key, pki.Issued(issuing.cert, issuing.key).key_pem(passphrase), 0o600)
+            write_atomic(
+                issuing_key, pki.Issued(issuing.cert, issuing.key).key_pem(passphrase), 0o600
+            )
             write_atomic(issuing_crt, pki.Issued(issuing.cert, issuing.key).cert_pem, 0o644)
         issuing = pki.CA(
             pki.load_cert(issuing_crt.read_bytes()), self._load_key(issuing_key, passphrase)
@@ -247,7 +254,11 @@ class Store:
             for name in fleet.hosts:
                 if name == fleet.gateway.name:
                     role, sender, mode = "gateway", "", "cert"
-                    dns, ips, purpose = (fleet.gateway.mail_name,), (gateway_addr,), pki.Purpose.SERVER
+                    dns, ips, purpose = (
+                        (fleet.gateway.mail_name,),
+                        (gateway_addr,),
+                        pki.Purpose.SERVER,
+                    )
                     common_name = fleet.gateway.mail_name
                 else:
                     sensor = fleet.sensor(name)
@@ -319,19 +330,29 @@ class Store:
     ) -> HostCredentials:
         directory = self.host_dir(name)
         self._mkdir(directory)
-        wg_key, cert_path, key_path = directory / "wg.key", directory / "cert.pem", directory / "key.pem"
+        wg_key, cert_path, key_path = (
+            directory / "wg.key",
+            directory / "cert.pem",
+            directory / "key.pem",
+        )
         if not wg_key.exists():
             write_atomic(wg_key, pki.wireguard_keys().private.encode() + b"\n", 0o600)
         wg_public = pki.wireguard_public(wg_key.read_text().strip())
 
         cert = pki.load_cert(cert_path.read_bytes()) if cert_path.exists() else None
-        if cert is None or not key_path.exists() or self._due(cert, common_name, dns, ips, issuing, now):
+        if (
+            cert is None
+            or not key_path.exists()
+            or self._due(cert, common_name, dns, ips, issuing, now)
+        ):
             key = (
                 serialization.load_pem_private_key(key_path.read_bytes(), None)
                 if key_path.exists()
                 else pki.new_key()
             )
-            issued = issuing.issue(common_name, purpose, LEAF_DAYS, dns=dns, ips=ips, key=key, now=now)
+            issued = issuing.issue(
+                common_name, purpose, LEAF_DAYS, dns=dns, ips=ips, key=key, now=now
+            )
             if not key_path.exists():
                 write_atomic(key_path, issued.key_pem(), 0o600)
             chain = issued.cert_pem + issuing.cert.public_bytes(serialization.Encoding.PEM)

@@ -71,7 +71,9 @@ def test_no_header_names_a_sensor_address(delivered, deployed_lab, sensor):
     """Guards against Received lines (or anything else) leaking where a sensor is."""
     wg_addresses = [
         line.split()[1]
-        for line in deployed_lab.ssh("gateway", "wg show sensormail allowed-ips").stdout.splitlines()
+        for line in deployed_lab.ssh(
+            "gateway", "wg show sensormail allowed-ips"
+        ).stdout.splitlines()
     ]
     assert len(wg_addresses) == len(SENSORS)
     forbidden = [LAB_ADDRESSES[s] for s in SENSORS] + [a.split("/")[0] for a in wg_addresses]
@@ -148,7 +150,7 @@ def test_listener_unreachable_on_the_lab_address(deployed_lab, where):
         else:
             result = deployed_lab.ssh(
                 where,
-                f'python3 -c "import socket; socket.create_connection((\'{gateway}\', {port}), 3)"',
+                f"python3 -c \"import socket; socket.create_connection(('{gateway}', {port}), 3)\"",
             )
             assert result.returncode != 0 and "Error" in result.stderr, (port, result.stderr)
 

@@ -1,6 +1,6 @@
 """Host state of the gateway. Usable against the lab and against real hosts:
 
-    pytest --hosts=ssh://gateway --ssh-config=... tests/testinfra/test_gateway.py
+pytest --hosts=ssh://gateway --ssh-config=... tests/testinfra/test_gateway.py
 """
 
 import pytest

@@ -1,0 +1,78 @@
+"""Inventory validation: every problem named by host and field, all at once."""
+
+import pytest
+from sample import entries
+
+from sensormail.fleet import FleetError, HostEntry, Mode, build_fleet
+
+
+def test_sample_fleet_is_valid():
+    fleet = build_fleet(entries())
+    assert fleet.gateway.name == "gw"
+    assert fleet.gateway.endpoint == "198.51.100.7"  # defaults to the SSH address
+    assert [s.name for s in fleet.sensors] == ["temp-1", "temp-2"]
+    assert all(s.mode is Mode.CERT for s in fleet.sensors)
+    assert str(fleet.vpn_subnet) == "10.77.0.0/24"
+
+
+def test_order_of_the_inventory_does_not_matter():
+    assert build_fleet(entries("temp-2", "gw", "temp-1")) == build_fleet(entries())
+
+
+def _problems(host_entries) -> list[str]:
+    with pytest.raises(FleetError) as info:
+        build_fleet(host_entries)
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    "extra, host, field",
+    [
+        ({"temp-1": {"sensormail_colour": "red"}}, "temp-1", "sensormail_colour"),
+        ({"temp-1": {"sensormail_sender": None}}, "temp-1", "sensormail_sender"),
+        ({"temp-1": {"sensormail_sender": "not-an-address"}}, "temp-1", "sensormail_sender"),
+        ({"temp-1": {"sensormail_sender": "Temp@x.example"}}, "temp-1", "sensormail_sender"),
+        ({"temp-2": {"sensormail_sender": "temp-1@sensors.fleet.example"}}, "temp-2",
+         "sensormail_sender"),
+        ({"temp-1": {"sensormail_mode": "token"}}, "temp-1", "sensormail_mode"),
+        ({"temp-1": {"sensormail_relay": "[x]:25"}}, "temp-1", "sensormail_relay"),
+        ({"gw": {"sensormail_sender": "gw@x.example"}}, "gw", "sensormail_sender"),
+        ({"gw": {"sensormail_wg_port": 70000}}, "gw", "sensormail_wg_port"),
+        ({"gw": {"sensormail_vpn_subnet": "10.77.0.0/30"}}, "gw", "sensormail_vpn_subnet"),
+        ({"gw": {"sensormail_vpn_subnet": "10.77.0.1/24"}}, "gw", "sensormail_vpn_subnet"),
+        ({"gw": {"sensormail_mail_name": "not a name"}}, "gw", "sensormail_mail_name"),
+        ({"temp-2": {"sensormail_wg_port": 1}}, "temp-2", "sensormail_wg_port"),
+    ],
+)  # fmt: skip
+def test_bad_field_is_named_with_its_host(extra, host, field):
+    problems = _problems(entries(**extra))
+    assert any(p.startswith(f"host {host!r}, field {field!r}") for p in problems), problems
+
+
+def test_missing_sender_key_is_reported():
+    bare = HostEntry("temp-3", frozenset({"sensors"}), {})
+    problems = _problems([*entries(), bare])
+    assert problems == ["host 'temp-3', field 'sensormail_sender': "
+                        "required: the one address this sensor sends as"]  # fmt: skip
+
+
+def test_missing_gateway_is_reported():
+    problems = _problems(entries("temp-1", "temp-2"))
+    assert problems == ["inventory, group 'gateway': no gateway host"]
+
+
+def test_every_problem_is_reported_at_once():
+    problems = _problems(
+        entries(
+            **{
+                "temp-1": {"sensormail_sender": None},
+                "temp-2": {"sensormail_bogus": 1},
+            }
+        )
+    )
+    assert len(problems) == 2
+
+
+def test_duplicate_host_names():
+    problems = _problems([*entries(), entries("temp-1")[0]])
+    assert "host 'temp-1', field 'name': duplicate host name" in problems

@@ -1,0 +1,143 @@
+"""The PKI store: strict certificates, private keys, nothing regenerated on a rerun."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from sample import entries
+
+from sensormail.fleet import build_fleet
+from sensormail.store import Store, StoreError
+
+
+@pytest.fixture
+def passphrase(monkeypatch):
+    monkeypatch.setenv("SENSORMAIL_CA_PASSPHRASE", "correct horse battery staple")
+    monkeypatch.delenv("SENSORMAIL_CA_PASSPHRASE_FILE", raising=False)
+
+
+@pytest.fixture
+def store(tmp_path, passphrase) -> Store:
+    return Store(tmp_path / "pki")
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def _verify(store: Store, host: str, purpose: str) -> subprocess.CompletedProcess:
+    """openssl verify -x509_strict trusting only the root; the chain comes from the host's file."""
+    cert = store.host_dir(host) / "cert.pem"
+    return subprocess.run(
+        ["openssl", "verify", "-x509_strict", "-purpose", purpose,
+         "-CAfile", str(store.path / "ca" / "root.crt"), "-untrusted", str(cert), str(cert)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_certificates_pass_strict_verification(store):
+    store.sync(build_fleet(entries()))
+    for sensor in ("temp-1", "temp-2"):
+        result = _verify(store, sensor, "sslclient")
+        assert result.returncode == 0, result.stdout + result.stderr
+        # A sensor's certificate is no server certificate.
+        assert _verify(store, sensor, "sslserver").returncode != 0
+    result = _verify(store, "gw", "sslserver")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_certificate_extensions(store):
+    creds = store.sync(build_fleet(entries()))
+    root = x509.load_pem_x509_certificate((store.path / "ca" / "root.crt").read_bytes())
+    issuing = x509.load_pem_x509_certificate((store.path / "ca" / "issuing.crt").read_bytes())
+    sensor = x509.load_pem_x509_certificate(creds["temp-1"].cert_chain_pem)
+    gateway = x509.load_pem_x509_certificate(creds["gw"].cert_chain_pem)
+
+    for ca, pathlen in ((root, None), (issuing, 0)):
+        bc = ca.extensions.get_extension_for_class(x509.BasicConstraints)
+        assert bc.critical and bc.value.ca and bc.value.path_length == pathlen
+        usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+        assert usage.key_cert_sign and usage.crl_sign
+    for leaf in (sensor, gateway):
+        bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
+        assert bc.critical and not bc.value.ca
+        leaf.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = issuing.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        assert aki.key_identifier == ski.digest
+    eku = sensor.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    eku = gateway.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    san = gateway.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["gw.fleet.example"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.77.0.1"]
+
+
+def test_secrets_are_private_and_ca_keys_encrypted(store):
+    store.sync(build_fleet(entries()))
+    secret_names = {"root.key", "issuing.key", "key.pem", "wg.key"}
+    for path in store.path.rglob("*"):
+        mode = path.stat().st_mode & 0o777
+        if path.is_dir():
+            assert mode == 0o700, path
+        elif path.name in secret_names:
+            assert mode == 0o600, path
+    for name in ("root.key", "issuing.key"):
+        assert b"ENCRYPTED PRIVATE KEY" in (store.path / "ca" / name).read_bytes()
+
+
+def test_second_sync_changes_no_byte(store):
+    fleet = build_fleet(entries())
+    store.sync(fleet)
+    before = _snapshot(store.path)
+    store.sync(fleet)
+    assert _snapshot(store.path) == before
+
+
+def test_addresses_do_not_depend_on_inventory_order(tmp_path, passphrase):
+    first = Store(tmp_path / "a").sync(build_fleet(entries()))
+    again = Store(tmp_path / "b").sync(build_fleet(entries("temp-2", "temp-1", "gw")))
+    assert {n: h.record.address for n, h in first.hosts.items()} == {
+        n: h.record.address for n, h in again.hosts.items()
+    }
+
+
+def test_new_sensor_does_not_move_the_others(store):
+    before = store.sync(build_fleet(entries("gw", "temp-2")))
+    after = store.sync(build_fleet(entries()))
+    assert after["temp-2"].record == before["temp-2"].record
+    assert after["temp-1"].record.address not in {
+        before["gw"].record.address,
+        before["temp-2"].record.address,
+    }
+
+
+def test_encrypted_ca_needs_a_passphrase(tmp_path, monkeypatch):
+    monkeypatch.delenv("SENSORMAIL_CA_PASSPHRASE", raising=False)
+    monkeypatch.delenv("SENSORMAIL_CA_PASSPHRASE_FILE", raising=False)
+    with pytest.raises(StoreError, match="SENSORMAIL_CA_PASSPHRASE"):
+        Store(tmp_path / "pki").sync(build_fleet(entries()))
+
+
+def test_wrong_passphrase_is_refused(store, monkeypatch):
+    store.sync(build_fleet(entries()))
+    monkeypatch.setenv("SENSORMAIL_CA_PASSPHRASE", "wrong")
+    with pytest.raises(StoreError, match="wrong CA passphrase"):
+        store.sync(build_fleet(entries()))
+
+
+def test_lab_fleet_keeps_its_passphrase_in_the_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("SENSORMAIL_CA_PASSPHRASE", raising=False)
+    monkeypatch.delenv("SENSORMAIL_CA_PASSPHRASE_FILE", raising=False)
+    store = Store(tmp_path / "pki")
+    store.sync(build_fleet(entries(gw={"sensormail_lab": True})))
+    assert (store.path / "lab-passphrase").stat().st_mode & 0o777 == 0o600
