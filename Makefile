@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYINFRA := $(VENV)/bin/pyinfra
 # Controller packages: podman (lab hosts), runc (crun cannot run systemd here),
-# debootstrap (lab image), openssl (certificate checks in tests), easy-rsa (bench).
-APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap openssh-client openssl easy-rsa make git
+# debootstrap (lab image), python3-venv (the venv), openssl (certificate checks in tests), easy-rsa (bench).
+APT_PACKAGES := python3-venv podman runc netavark aardvark-dns iptables debootstrap openssh-client openssl easy-rsa make git
 
-.PHONY: deps apt venv lab lab-down deploy demo test test-unit test-lab lint fmt clean
+.PHONY: deps apt venv lab lab-down deploy demo test test-unit test-lab lint fmt
 
 deps: apt venv
 
@@ -34,9 +34,13 @@ lab-down: venv
 deploy: venv
 	$(PYINFRA) -y inventory/lab.py deploy.py
 
-demo: lab deploy
-	$(PY) -m sensormail.lab demo
+# Lab up, deploy, one mail from each sensor, shown as it arrived at mx.
+demo: deps
+	$(PY) -m sensormail.lab up
+	$(PYINFRA) -y inventory/lab.py deploy.py
+	$(PY) -m sensormail.demo
 
+# Everything: lint, unit tests, and the lab end-to-end tests (one lab for all).
 test: deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -44,6 +48,9 @@ test: deps
 
 test-unit: venv
 	$(PY) -m pytest -m 'not lab'
+
+test-lab: deps
+	$(PY) -m pytest -m lab
 
 lint: venv
 	$(PY) -m ruff check .

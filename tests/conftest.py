@@ -44,14 +44,7 @@ class Lab:
             text=True,
         )
 
-    def ssh(self, host: str, command: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["ssh", "-F", str(lab.lab_dir() / "ssh_config"), host, command],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    ssh = staticmethod(lab.ssh)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["HOSTS", "LabHost", "down", "lab_dir", "up"]
+__all__ = ["HOSTS", "MAILDIR", "RECIPIENT_DOMAIN", "LabHost", "down", "lab_dir", "ssh", "up"]
 
 IMAGE = "localhost/sensormail-lab:bookworm-1"
 NETWORK = "sensormail-lab"
@@ -269,6 +269,17 @@ def up() -> None:
     if mx_setup.returncode != 0:
         raise RuntimeError(f"mx: setting up the recipient MTA failed: {err.strip()}")
     _log("up: " + ", ".join(f"{h.name}={h.address}" for h in HOSTS))
+
+
+def ssh(host: str, command: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run a command on a lab host over SSH (as the deploy reaches it)."""
+    return subprocess.run(
+        ["ssh", "-F", str(lab_dir() / "ssh_config"), host, command],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def down() -> None:
