@@ -1,7 +1,8 @@
 """Run on a sensor (python3 - MODE SENDER < smtp_probe.py): talk to the gateway by hand.
 
-MODE is "cert" (this sensor's own certificate), "nocert" (none) or "selfsigned"
-(a certificate of no fleet CA, given in SELFSIGNED_PEM). Prints one line: the outcome of MAIL+RCPT.
+MODE is "cert" (this sensor's own certificate), "nocert" (none), or "selfsigned" /
+"unlisted" (the certificate and key given in SELFSIGNED_PEM: of no fleet CA, or
+of the fleet CA but not issued to any sensor). Prints one line: the outcome of MAIL+RCPT.
 """
 
 import importlib.machinery
@@ -19,7 +20,7 @@ mode, sender = sys.argv[1], sys.argv[2]
 context = ssl.create_default_context(cafile=agent.CA_FILE)
 if mode == "cert":
     context.load_cert_chain(agent.CERT_FILE, agent.KEY_FILE)
-elif mode == "selfsigned":
+elif mode in ("selfsigned", "unlisted"):
     # SELFSIGNED_PEM (certificate and key) is prepended to this script by the test.
     with tempfile.NamedTemporaryFile("w", suffix=".pem") as pem:
         pem.write(SELFSIGNED_PEM)  # noqa: F821

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sensormail import lab
+from sensormail import lab, pki
+from sensormail.store import Store
 
 SENSORS = {
     "sensor-1": "sensor-1@sensors.lab.example",
@@ -108,8 +109,18 @@ def _selfsigned_pem() -> str:
     return (cert.public_bytes(serialization.Encoding.PEM) + key_pem).decode()
 
 
+def _unlisted_fleet_pem(the_lab) -> str:
+    """A valid certificate of the fleet's issuing CA whose fingerprint the gateway does not list."""
+    store = Store(the_lab.pki_dir)
+    _, issuing = store._load_or_create_ca(store.passphrase(lab=True))
+    issued = issuing.issue("sensor-1", pki.Purpose.CLIENT, 1)
+    chain = issued.cert_pem + issuing.cert.public_bytes(serialization.Encoding.PEM)
+    return (chain + issued.key_pem()).decode()
+
+
 def _probe(the_lab, sensor: str, mode: str, sender: str) -> str:
-    script = f"SELFSIGNED_PEM = {_selfsigned_pem()!r}\n" + PROBE
+    pem = _unlisted_fleet_pem(the_lab) if mode == "unlisted" else _selfsigned_pem()
+    script = f"SELFSIGNED_PEM = {pem!r}\n" + PROBE
     result = the_lab.ssh(sensor, f"python3 - {mode} {sender}", stdin=script)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
@@ -132,7 +143,7 @@ def test_agent_refuses_a_foreign_envelope_sender(deployed_lab):
     assert SENSORS["sensor-1"] in sent.stderr
 
 
-@pytest.mark.parametrize("mode", ["nocert", "selfsigned"])
+@pytest.mark.parametrize("mode", ["nocert", "selfsigned", "unlisted"])
 def test_client_without_a_fleet_certificate_is_refused(deployed_lab, mode):
     outcome = _probe(deployed_lab, "sensor-1", mode, SENSORS["sensor-1"])
     assert not outcome.startswith("RCPT 2"), outcome
