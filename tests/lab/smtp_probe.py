@@ -1,6 +1,7 @@
 """Run on a sensor (python3 - MODE SENDER < smtp_probe.py): talk to the gateway by hand.
 
-MODE is "cert" (this sensor's own certificate), "nocert" (none), or "selfsigned" /
+MODE is "cert" (this sensor's own certificate), "wrongname" (the same, but expecting
+another gateway name), "nocert" (none), or "selfsigned" /
 "unlisted" (the certificate and key given in SELFSIGNED_PEM: of no fleet CA, or
 of the fleet CA but not issued to any sensor). Prints one line: the outcome of MAIL+RCPT.
 """
@@ -18,8 +19,11 @@ loader.exec_module(agent)
 
 mode, sender = sys.argv[1], sys.argv[2]
 context = ssl.create_default_context(cafile=agent.CA_FILE)
-if mode == "cert":
+if mode in ("cert", "wrongname"):
     context.load_cert_chain(agent.CERT_FILE, agent.KEY_FILE)
+if mode == "wrongname":
+    # The agent must check the gateway's certificate names the gateway it expects.
+    agent.GATEWAY_NAME = "impostor.lab.example"
 elif mode in ("selfsigned", "unlisted"):
     # SELFSIGNED_PEM (certificate and key) is prepended to this script by the test.
     with tempfile.NamedTemporaryFile("w", suffix=".pem") as pem:

@@ -130,6 +130,12 @@ def test_sensor_with_its_own_certificate_may_send_as_itself(deployed_lab):
     assert _probe(deployed_lab, "sensor-1", "cert", SENSORS["sensor-1"]) == "RCPT 250"
 
 
+def test_agent_checks_the_gateways_name(deployed_lab):
+    outcome = _probe(deployed_lab, "sensor-1", "wrongname", SENSORS["sensor-1"])
+    assert outcome.startswith("ERROR SSLCertVerificationError"), outcome
+    assert "impostor.lab.example" in outcome
+
+
 def test_sensor_cannot_send_as_another_sensor(deployed_lab):
     outcome = _probe(deployed_lab, "sensor-1", "cert", SENSORS["sensor-2"])
     assert re.fullmatch(r"(MAIL|RCPT) 5\d\d", outcome), outcome

@@ -1,0 +1,54 @@
+"""The agent's spool: mail written while the gateway is away is sent later, none lost."""
+
+import secrets
+import time
+
+import pytest
+
+from sensormail import lab
+
+SPOOL = "/var/spool/sensormail"
+RECIPIENT = f"ops@{lab.RECIPIENT_DOMAIN}"
+
+
+@pytest.fixture
+def tunnel_down(deployed_lab):
+    """sensor-2 without its tunnel; restored afterwards whatever happens."""
+    down = deployed_lab.ssh("sensor-2", "systemctl stop wg-quick@sensormail")
+    assert down.returncode == 0, down.stderr
+    try:
+        yield
+    finally:
+        deployed_lab.ssh("sensor-2", "systemctl start wg-quick@sensormail")
+
+
+def _spooled(the_lab) -> list[str]:
+    return the_lab.ssh("sensor-2", f"ls {SPOOL}").stdout.split()
+
+
+def test_mail_sent_while_the_gateway_is_unreachable_is_delivered_later(deployed_lab, tunnel_down):
+    token = secrets.token_hex(8)
+    sent = deployed_lab.ssh("sensor-2", f"sensormail-send {RECIPIENT}", stdin=f"token {token}\n")
+    # Like sendmail: accepted into the queue is success; the agent says it queued.
+    assert sent.returncode == 0, sent.stderr
+    assert "queued" in sent.stderr
+    spooled = _spooled(deployed_lab)
+    assert len(spooled) == 1 and spooled[0].endswith(".json")
+    mode = deployed_lab.ssh("sensor-2", f"stat -c %a {SPOOL}/{spooled[0]}").stdout.strip()
+    assert mode == "600"
+
+    # Still away: a flush keeps the message and reports a temporary failure.
+    flush = deployed_lab.ssh("sensor-2", "sensormail-send -q")
+    assert flush.returncode == 75, flush.stderr
+    assert _spooled(deployed_lab) == spooled
+
+    assert deployed_lab.ssh("sensor-2", "systemctl start wg-quick@sensormail").returncode == 0
+    deadline = time.monotonic() + 30
+    while (flush := deployed_lab.ssh("sensor-2", "sensormail-send -q")).returncode != 0:
+        assert time.monotonic() < deadline, flush.stderr  # the tunnel takes a moment
+        time.sleep(1)
+    assert _spooled(deployed_lab) == []
+    deadline = time.monotonic() + 30
+    while not deployed_lab.ssh("mx", f"grep -rl -- {token} {lab.MAILDIR}/new/").stdout.strip():
+        assert time.monotonic() < deadline, "the spooled message did not arrive"
+        time.sleep(0.5)
