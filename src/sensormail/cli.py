@@ -5,29 +5,108 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+import time
+from pathlib import Path
 
-from .store import Store, StoreError
+from cryptography import x509
+
+from . import inventory
+from .fleet import FleetError, build_fleet
+from .store import Store, StoreError, default_dir
 
 __all__ = ["main"]
 
 
+def _store(args: argparse.Namespace) -> Store:
+    hint = Path(args.inventory).parent if getattr(args, "inventory", None) else None
+    return Store(default_dir(hint))
+
+
+def _progress(started: float):
+    """A progress bar on stderr for runs long enough to need one."""
+    interactive = sys.stderr.isatty()
+
+    def show(done: int, total: int) -> None:
+        if total < 1000:
+            return
+        width = 30
+        filled = width * done // total
+        line = (
+            f"\rsensormail: [{'#' * filled}{'.' * (width - filled)}] "
+            f"{done}/{total} hosts {time.monotonic() - started:.1f}s"
+        )
+        if interactive:
+            print(line, end="\n" if done == total else "", file=sys.stderr, flush=True)
+        elif done == total:
+            print(line.lstrip("\r"), file=sys.stderr)
+
+    return show
+
+
 def pki_status(args: argparse.Namespace) -> int:
     """Show every host's credentials; non-zero exit if any expire within --warn-days."""
-    store = Store()
+    store = _store(args)
     records = store.load_registry()
     if not records:
-        print(f"no hosts registered in {store.path}", file=sys.stderr)
+        print(f"sensormail: no hosts registered in {store.path}", file=sys.stderr)
         return 1
     now = dt.datetime.now(dt.UTC)
-    expiring = 0
-    print(f"{'host':<20} {'role':<8} {'mode':<5} {'address':<16} {'cert expires':<26} days left")
+    rows = []
+    for name in ("root", "issuing"):
+        path = store.ca_dir / f"{name}.crt"
+        if path.exists():
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            rows.append((f"({name} CA)", "ca", "", "", cert.not_valid_after_utc, ""))
     for name, rec in sorted(records.items()):
-        days = (dt.datetime.fromisoformat(rec.not_after) - now).days
-        expiring += days < args.warn_days
-        print(
-            f"{name:<20} {rec.role:<8} {rec.mode:<5} {rec.address:<16} {rec.not_after:<26} {days}"
+        state = f"revoked {rec.revoked[:10]}" if rec.revoked else ""
+        rows.append(
+            (name, rec.role, rec.mode, rec.address, dt.datetime.fromisoformat(rec.not_after), state)
         )
-    return 1 if expiring else 0
+    expiring = []
+    print(f"{'host':<24} {'role':<8} {'mode':<5} {'address':<15} {'cert expiry':<17} days left")
+    for name, role, mode, address, expiry, state in rows:
+        days = (expiry - now).days
+        if days < args.warn_days and not state:
+            expiring.append(name)
+        print(
+            f"{name:<24} {role:<8} {mode:<5} {address:<15} {expiry:%Y-%m-%d %H:%M} "
+            f"{days:>9} {state}".rstrip()
+        )
+    if expiring:
+        print(
+            f"sensormail: {len(expiring)} expire within {args.warn_days} days: "
+            + ", ".join(expiring),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def pki_revoke(args: argparse.Namespace) -> int:
+    """Revoke a sensor: recorded now, applied to the CRL and every layer on the next deploy."""
+    rec = _store(args).revoke(args.name)
+    print(f"sensormail: {rec.name} revoked ({rec.revoked}); deploy to apply it everywhere")
+    return 0
+
+
+def pki_sync(args: argparse.Namespace) -> int:
+    """Do to the store exactly what a deploy does, without touching any host."""
+    path = Path(args.inventory)
+    if not path.is_file():
+        print(f"sensormail: no inventory file {path}", file=sys.stderr)
+        return 2
+    override = {"rotate": args.rotate} if args.rotate else {}
+    hosts = inventory.load(path, override)
+    fleet = build_fleet(inventory.entries(hosts))
+    store = _store(args)
+    started = time.monotonic()
+    creds = store.sync(fleet, rotate=inventory.rotation(hosts), progress=_progress(started))
+    print(
+        f"sensormail: {len(creds.hosts)} hosts in sync in {store.path} "
+        f"({time.monotonic() - started:.2f}s)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     pki = commands.add_parser("pki", help="the PKI store and fleet registry").add_subparsers(
         dest="pki_command", required=True
     )
-    status = pki.add_parser("status", help=pki_status.__doc__, description=pki_status.__doc__)
+
+    def command(func, name: str) -> argparse.ArgumentParser:
+        sub = pki.add_parser(name, help=func.__doc__, description=func.__doc__)
+        sub.set_defaults(func=func)
+        return sub
+
+    status = command(pki_status, "status")
     status.add_argument("--warn-days", type=int, default=30, metavar="N")
-    status.set_defaults(func=pki_status)
+    status.add_argument("-i", "--inventory", help="find the project's store from this inventory")
+    revoke = command(pki_revoke, "revoke")
+    revoke.add_argument("name", help="the sensor's host name")
+    revoke.add_argument("-i", "--inventory", help="find the project's store from this inventory")
+    sync = command(pki_sync, "sync")
+    sync.add_argument("-i", "--inventory", required=True, help="the pyinfra inventory file")
+    sync.add_argument("--rotate", metavar="NAME[,NAME…]|all", help="force new keys for these")
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except StoreError as exc:
+    except (StoreError, FleetError) as exc:
         print(f"sensormail: {exc}", file=sys.stderr)
         return 1
 

@@ -20,6 +20,7 @@ __all__ = [
     "FleetError",
     "Gateway",
     "HostEntry",
+    "Lifetimes",
     "Mode",
     "Sensor",
     "build_fleet",
@@ -35,6 +36,12 @@ DEFAULTS: dict[str, Any] = {
     "sensormail_wg_port": 51820,
     "sensormail_submission_port": 465,
     "sensormail_lab": False,
+    # Certificate lifetimes in days, and when to renew (fraction of a lifetime).
+    "sensormail_root_days": 3650,
+    "sensormail_issuing_days": 1825,
+    "sensormail_cert_days": 365,
+    "sensormail_crl_days": 30,
+    "sensormail_renew_after": 2 / 3,
 }
 GATEWAY_KEYS = {"sensormail_endpoint", "sensormail_mail_name", "sensormail_relay"}
 SENSOR_KEYS = {"sensormail_sender", "sensormail_mode"}
@@ -86,6 +93,17 @@ class Gateway:
 
 
 @dataclass(frozen=True)
+class Lifetimes:
+    """How long credentials live; anything past `renew_after` of its life is renewed."""
+
+    root_days: int = 3650
+    issuing_days: int = 1825
+    cert_days: int = 365
+    crl_days: int = 30
+    renew_after: float = 2 / 3
+
+
+@dataclass(frozen=True)
 class Fleet:
     gateway: Gateway
     sensors: tuple[Sensor, ...]
@@ -93,6 +111,7 @@ class Fleet:
     wg_port: int = 51820
     submission_port: int = 465
     lab: bool = False  # lab-only conveniences (a CA passphrase kept in the store)
+    lifetimes: Lifetimes = Lifetimes()
     hosts: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -131,6 +150,34 @@ def _sender(host: str, value: Any, problems: list[str]) -> str:
         )
         return ""
     return value
+
+
+def _lifetimes(where: str, options: dict[str, Any], problems: list[str]) -> Lifetimes:
+    days = {}
+    for name in ("root", "issuing", "cert", "crl"):
+        key = f"sensormail_{name}_days"
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 36500:
+            problems.append(
+                _problem(where, key, f"must be a number of days 1-36500, not {value!r}")
+            )
+            value = DEFAULTS[key]
+        days[name] = value
+    if not days["cert"] < days["issuing"] < days["root"]:
+        problems.append(
+            _problem(
+                where,
+                "sensormail_cert_days",
+                "lifetimes must nest: cert_days < issuing_days < root_days",
+            )
+        )
+    renew = options["sensormail_renew_after"]
+    if isinstance(renew, bool) or not isinstance(renew, int | float) or not 0 < renew < 1:
+        problems.append(
+            _problem(where, "sensormail_renew_after", f"must be a fraction 0-1, not {renew!r}")
+        )
+        renew = DEFAULTS["sensormail_renew_after"]
+    return Lifetimes(days["root"], days["issuing"], days["cert"], days["crl"], float(renew))
 
 
 def build_fleet(entries: Iterable[HostEntry]) -> Fleet:
@@ -209,6 +256,7 @@ def build_fleet(entries: Iterable[HostEntry]) -> Fleet:
     lab = options["sensormail_lab"]
     if not isinstance(lab, bool):
         problems.append(_problem(where, "sensormail_lab", f"must be true or false, not {lab!r}"))
+    lifetimes = _lifetimes(where, options, problems)
 
     gateway = None
     if gateways:
@@ -264,4 +312,5 @@ def build_fleet(entries: Iterable[HostEntry]) -> Fleet:
         wg_port=wg_port,
         submission_port=submission_port,
         lab=lab,
+        lifetimes=lifetimes,
     )

@@ -22,9 +22,12 @@ __all__ = [
     "Issued",
     "Purpose",
     "WireGuardKeys",
+    "authority_key_id",
     "fingerprint",
+    "key_matches",
     "load_cert",
     "new_key",
+    "private_pem",
     "wireguard_keys",
 ]
 
@@ -53,20 +56,25 @@ class Issued:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     def key_pem(self, passphrase: bytes | None = None) -> bytes:
-        encryption = (
-            serialization.BestAvailableEncryption(passphrase)
-            if passphrase
-            else serialization.NoEncryption()
-        )
-        return self.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        )
+        return private_pem(self.key, passphrase)
 
 
 @dataclass(frozen=True)
 class WireGuardKeys:
     private: str  # base64, as wg(8) writes it
     public: str
+
+
+def private_pem(key: ec.EllipticCurvePrivateKey, passphrase: bytes | None = None) -> bytes:
+    """PKCS#8 PEM, encrypted when a passphrase is given."""
+    encryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -97,6 +105,21 @@ def load_cert(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
 
 
+def authority_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return aki.key_identifier
+
+
+def key_matches(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
+    """Whether the private key belongs to the certificate (guards a pair torn by a crash)."""
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
+
+
 def _name(common_name: str) -> x509.Name:
     return x509.Name(
         [
@@ -125,14 +148,56 @@ class CA:
         )
         return cls(builder.sign(key, hashes.SHA256()), key)
 
-    def new_intermediate(self, common_name: str, days: int, now: dt.datetime | None = None) -> CA:
+    def new_intermediate(
+        self,
+        common_name: str,
+        days: int,
+        *,
+        dns: tuple[str, ...] = (),
+        networks: tuple[str, ...] = (),
+        now: dt.datetime | None = None,
+    ) -> CA:
+        """The issuing CA: may sign leaves only (pathlen 0), for the fleet's names only."""
         key = new_key()
         builder = self._builder(_name(common_name), self.cert.subject, key, days, now)
         builder = self._with_aki(builder)
         builder = builder.add_extension(
             x509.BasicConstraints(ca=True, path_length=0), critical=True
         ).add_extension(_ca_usage(), critical=True)
+        permitted: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        permitted += [x509.IPAddress(ipaddress.ip_network(n)) for n in networks]
+        if permitted:
+            # RFC 5280 requires name constraints to be critical.
+            builder = builder.add_extension(
+                x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None),
+                critical=True,
+            )
         return CA(builder.sign(self.key, hashes.SHA256()), key)
+
+    def crl(
+        self, revoked: list[tuple[int, dt.datetime]], days: int, now: dt.datetime | None = None
+    ) -> x509.CertificateRevocationList:
+        """A CRL of (serial, revocation time) signed by this CA."""
+        start = (now or dt.datetime.now(dt.UTC)) - BACKDATE
+        ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(start)
+            .next_update(start + dt.timedelta(days=days))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+            )
+            .add_extension(x509.CRLNumber(int(start.timestamp())), critical=False)
+        )
+        for serial, when in sorted(revoked):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            )
+        return builder.sign(self.key, hashes.SHA256())
+
+    def key_identifier(self) -> bytes:
+        return self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
 
     def issue(
         self,

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from .fleet import Fleet
+from .fleet import Fleet, Sensor
 from .store import Credentials
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "WG_CONF",
     "WG_INTERFACE",
     "HostFile",
+    "active_sensors",
     "gateway_files",
     "restriction_class",
     "sensor_files",
@@ -105,15 +106,21 @@ def _pem(data: bytes) -> str:
     return data.decode()
 
 
+def active_sensors(fleet: Fleet, creds: Credentials) -> list[Sensor]:
+    """The sensors the gateway admits: revoked ones are left out of every layer."""
+    return [s for s in fleet.sensors if not creds[s.name].revoked]
+
+
 def gateway_files(fleet: Fleet, creds: Credentials) -> list[HostFile]:
     gateway = creds[fleet.gateway.name]
+    sensors_in = active_sensors(fleet, creds)
     peers = [
         {
             "name": s.name,
             "address": creds[s.name].record.address,
             "wg_public": creds[s.name].record.wg_public,
         }
-        for s in fleet.sensors
+        for s in sensors_in
     ]
     sensors = [
         {
@@ -122,7 +129,7 @@ def gateway_files(fleet: Fleet, creds: Credentials) -> list[HostFile]:
             "cert_sha256": creds[s.name].record.cert_sha256,
             "restriction_class": restriction_class(s.name),
         }
-        for s in fleet.sensors
+        for s in sensors_in
     ]
     postfix = {
         "mail_name": fleet.gateway.mail_name,

@@ -1,26 +1,31 @@
 """The PKI store and fleet registry under `pki/` (or $SENSORMAIL_PKI_DIR).
 
-`Store.sync(fleet)` makes sure every host of the fleet has its credentials
-and returns them; it writes only what is missing or due, so a second run
-changes no byte. Writes are atomic (temp file, fsync, rename) and secrets are
-created 0600 inside 0700 directories. A lock keeps two runs apart.
+`Store.sync(fleet)` makes sure every host of the fleet has its credentials and
+returns them; it writes only what is missing or due, so a second run changes
+no byte. A run's writes land all together or not at all: new files are
+written beside the old ones, made durable, listed in a journal, then renamed;
+a run that finds a journal finishes those renames first. Secrets are created
+0600 inside 0700 directories. A lock keeps two runs apart. See pki/README.md.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import fcntl
 import ipaddress
 import json
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509 import DNSName, IPAddress, SubjectAlternativeName
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import pki
 from .fleet import Fleet
@@ -29,25 +34,44 @@ __all__ = [
     "Credentials",
     "HostCredentials",
     "HostRecord",
+    "Revocation",
     "Store",
     "StoreError",
     "default_dir",
+    "write_atomic",
 ]
 
-ROOT_DAYS = 3650
-ISSUING_DAYS = 1825
-LEAF_DAYS = 365
-# A certificate is re-issued once this fraction of its lifetime has passed.
-RENEW_AFTER = 2 / 3
-REGISTRY_VERSION = 1
+REGISTRY_VERSION = 2
+ROOT_NAME = "sensormail fleet root CA"
+ISSUING_NAME = "sensormail fleet issuing CA"
+Progress = Callable[[int, int], None]
 
 
 class StoreError(RuntimeError):
     """The store cannot be used as it is; the message says what to do."""
 
 
-def default_dir() -> Path:
-    return Path(os.environ.get("SENSORMAIL_PKI_DIR", "pki")).resolve()
+def default_dir(hint: Path | None = None) -> Path:
+    """$SENSORMAIL_PKI_DIR, else `pki/` of the project around `hint` or the working directory.
+
+    The project is the nearest directory holding `deploy.py` and `inventory/`,
+    so every command finds the same store from any working directory inside it.
+    """
+    env = os.environ.get("SENSORMAIL_PKI_DIR")
+    if env:
+        return Path(env).resolve()
+    for start in (hint, Path.cwd()):
+        if start is None:
+            continue
+        start = start.resolve()
+        for directory in (start, *start.parents):
+            if (directory / "deploy.py").is_file() and (directory / "inventory").is_dir():
+                return directory / "pki"
+    return Path.cwd().resolve() / "pki"
+
+
+def _utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
 
 
 @dataclass
@@ -64,18 +88,43 @@ class HostRecord:
     not_after: str
     sender: str = ""
     mode: str = "cert"
+    common_name: str = ""
+    dns: list[str] = field(default_factory=list)
+    ips: list[str] = field(default_factory=list)
+    issuer_key_id: str = ""  # the issuing CA that signed the certificate
+    revoked: str = ""  # when `sensormail pki revoke` cut the host off ("" = active)
+
+    def due(self, now: dt.datetime, renew_after: float) -> bool:
+        start, end = _utc(self.not_before), _utc(self.not_after)
+        return now >= start + (end - start) * renew_after
+
+
+@dataclass(frozen=True)
+class Revocation:
+    serial: str  # hex
+    host: str
+    at: str
+    reason: str  # "revoked" (by the operator) or "superseded" (rotated away)
 
 
 @dataclass(frozen=True)
 class HostCredentials:
     record: HostRecord
-    cert_chain_pem: bytes  # leaf + issuing CA
+    cert_path: Path  # leaf + issuing CA
     key_path: Path
     wg_private_path: Path
 
     @property
     def name(self) -> str:
         return self.record.name
+
+    @property
+    def revoked(self) -> bool:
+        return bool(self.record.revoked)
+
+    @property
+    def cert_chain_pem(self) -> bytes:
+        return self.cert_path.read_bytes()
 
     def key_pem(self) -> bytes:
         return self.key_path.read_bytes()
@@ -86,13 +135,19 @@ class HostCredentials:
 
 @dataclass(frozen=True)
 class Credentials:
-    """What the renderer needs: the root certificate and every host's credentials."""
+    """What the renderer needs: the CA certificates, the CRL and every host's credentials."""
 
     root_pem: bytes
     hosts: dict[str, HostCredentials]
+    crl_pem: bytes = b""
 
     def __getitem__(self, name: str) -> HostCredentials:
         return self.hosts[name]
+
+
+# -- durable writes -----------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -103,24 +158,102 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write data so that readers see the old file or the new one, never half.
-
-    The temp file is created with its final mode: a secret is never readable
-    by others, not even for a moment.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+def _syncfs(path: Path) -> None:
+    """Flush the whole file system holding path: one call instead of one fsync per file."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _create(path: Path, data: bytes, mode: int) -> None:
+    """Create path with its final mode from the first byte on (no chmod afterwards)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write one file so that readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        _create(tmp, data, mode)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+class _Batch:
+    """A run's writes, made visible all together or not at all.
+
+    New contents go to `.NAME.new` beside each file. On commit: one syncfs makes
+    them durable, a journal listing the renames is written, the renames happen,
+    another syncfs, the journal goes. A crash before the journal leaves the old
+    state (the .new files are ignored); after it, the next run rolls forward.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.moves: list[tuple[Path, Path]] = []
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal.json"
+
+    def write(self, path: Path, data: bytes, mode: int) -> None:
+        tmp = path.with_name(f".{path.name}.new")
+        _create(tmp, data, mode)
+        self.moves.append((tmp, path))
+
+    def commit(self) -> None:
+        if not self.moves:
+            return
+        _syncfs(self.root)
+        moves = [
+            [str(t.relative_to(self.root)), str(p.relative_to(self.root))] for t, p in self.moves
+        ]
+        write_atomic(self.journal, json.dumps(moves).encode(), 0o600)
+        self.roll_forward()
+
+    def roll_forward(self) -> None:
+        if not self.journal.exists():
+            return
+        for tmp, path in json.loads(self.journal.read_text()):
+            if (self.root / tmp).exists():
+                os.replace(self.root / tmp, self.root / path)
+        _syncfs(self.root)
+        self.journal.unlink()
+        _fsync_dir(self.root)
+
+
+# -- the store ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Want:
+    """What a host's certificate must say."""
+
+    role: str
+    sender: str
+    mode: str
+    common_name: str
+    purpose: pki.Purpose
+    dns: tuple[str, ...]
+    ips: tuple[str, ...]
 
 
 class Store:
@@ -134,21 +267,36 @@ class Store:
     def registry_path(self) -> Path:
         return self.path / "registry.json"
 
+    @property
+    def ca_dir(self) -> Path:
+        return self.path / "ca"
+
     def host_dir(self, name: str) -> Path:
         return self.path / "hosts" / name
 
     # -- locking -------------------------------------------------------------
     @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the store's lock; wait for another run up to `timeout` seconds."""
+        if timeout is None:
+            timeout = float(os.environ.get("SENSORMAIL_LOCK_TIMEOUT", "300"))
         self._mkdir(self.path)
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StoreError(
-                    f"{self.path}: another sensormail run holds the store lock; wait for it"
-                ) from None
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            f"{self.path}: another sensormail run holds the store lock "
+                            f"(waited {timeout:.0f} s); try again when it has finished"
+                        ) from None
+                    time.sleep(0.1)
+            # A run cut off after its journal was written is finished first.
+            _Batch(self.path).roll_forward()
             yield
         finally:
             os.close(fd)
@@ -188,205 +336,401 @@ class Store:
         )
 
     # -- CA ------------------------------------------------------------------
-    def _load_or_create_ca(self, passphrase: bytes) -> tuple[pki.CA, pki.CA]:
-        ca_dir = self.path / "ca"
-        self._mkdir(ca_dir)
-        root_crt, root_key = ca_dir / "root.crt", ca_dir / "root.key"
-        issuing_crt, issuing_key = ca_dir / "issuing.crt", ca_dir / "issuing.key"
-        if not root_crt.exists():
-            root = pki.CA.new_root("sensormail fleet root CA", ROOT_DAYS)
-            write_atomic(root_key, pki.Issued(root.cert, root.key).key_pem(passphrase), 0o600)
-            write_atomic(root_crt, pki.Issued(root.cert, root.key).cert_pem, 0o644)
-        root = pki.CA(pki.load_cert(root_crt.read_bytes()), self._load_key(root_key, passphrase))
-        if not issuing_crt.exists():
-            issuing = root.new_intermediate("sensormail fleet issuing CA", ISSUING_DAYS)
-            write_atomic(
-                issuing_key, pki.Issued(issuing.cert, issuing.key).key_pem(passphrase), 0o600
-            )
-            write_atomic(issuing_crt, pki.Issued(issuing.cert, issuing.key).cert_pem, 0o644)
-        issuing = pki.CA(
-            pki.load_cert(issuing_crt.read_bytes()), self._load_key(issuing_key, passphrase)
-        )
-        return root, issuing
-
     @staticmethod
-    def _load_key(path: Path, passphrase: bytes):
+    def _load_key(path: Path, passphrase: bytes) -> ec.EllipticCurvePrivateKey:
         data = path.read_bytes()
-        if b"ENCRYPTED" not in data and os.environ.get("SENSORMAIL_ALLOW_PLAINTEXT_CA") != "1":
+        encrypted = b"ENCRYPTED" in data
+        if not encrypted and os.environ.get("SENSORMAIL_ALLOW_PLAINTEXT_CA") != "1":
             raise StoreError(
                 f"{path} is not encrypted; refusing to use it "
                 "(set SENSORMAIL_ALLOW_PLAINTEXT_CA=1 to override)"
             )
         try:
-            return serialization.load_pem_private_key(
-                data, passphrase if b"ENCRYPTED" in data else None
-            )
+            key = serialization.load_pem_private_key(data, passphrase if encrypted else None)
         except ValueError:
             raise StoreError(f"{path}: wrong CA passphrase") from None
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
+
+    def _ensure_ca(
+        self, fleet: Fleet, passphrase: bytes, now: dt.datetime, batch: _Batch
+    ) -> tuple[pki.CA, pki.CA]:
+        """The root (made once, never renewed here) and the issuing CA (renewed when due)."""
+        self._mkdir(self.ca_dir)
+        lt = fleet.lifetimes
+        root_crt, root_key = self.ca_dir / "root.crt", self.ca_dir / "root.key"
+        if root_crt.exists():
+            root = pki.CA(
+                pki.load_cert(root_crt.read_bytes()), self._load_key(root_key, passphrase)
+            )
+            if not pki.key_matches(root.cert, root.key):
+                raise StoreError(f"{root_key} does not belong to {root_crt}; restore both")
+        else:
+            root = pki.CA.new_root(ROOT_NAME, lt.root_days, now=now)
+            batch.write(root_key, pki.Issued(root.cert, root.key).key_pem(passphrase), 0o600)
+            batch.write(root_crt, pki.Issued(root.cert, root.key).cert_pem, 0o644)
+
+        crt, key_path = self.ca_dir / "issuing.crt", self.ca_dir / "issuing.key"
+        dns = (fleet.gateway.mail_name,)
+        networks = (str(fleet.vpn_subnet),)
+        if crt.exists() and key_path.exists():
+            issuing = pki.CA(pki.load_cert(crt.read_bytes()), self._load_key(key_path, passphrase))
+            if self._issuing_current(issuing, root, dns, networks, now, lt.renew_after):
+                return root, issuing
+        issuing = root.new_intermediate(
+            ISSUING_NAME,
+            min(lt.issuing_days, (root.cert.not_valid_after_utc - now).days),
+            dns=dns,
+            networks=networks,
+            now=now,
+        )
+        batch.write(key_path, pki.Issued(issuing.cert, issuing.key).key_pem(passphrase), 0o600)
+        batch.write(crt, pki.Issued(issuing.cert, issuing.key).cert_pem, 0o644)
+        return root, issuing
+
+    @staticmethod
+    def _issuing_current(
+        issuing: pki.CA,
+        root: pki.CA,
+        dns: tuple[str, ...],
+        networks: tuple[str, ...],
+        now: dt.datetime,
+        renew_after: float,
+    ) -> bool:
+        cert = issuing.cert
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if now >= start + (end - start) * renew_after:
+            return False
+        if pki.authority_key_id(cert) != root.key_identifier():
+            return False
+        if not pki.key_matches(cert, issuing.key):
+            return False
+        try:
+            nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            return False
+        permitted = nc.permitted_subtrees or []
+        have_dns = tuple(n.value for n in permitted if isinstance(n, x509.DNSName))
+        have_nets = tuple(str(n.value) for n in permitted if isinstance(n, x509.IPAddress))
+        return (have_dns, have_nets) == (dns, networks)
 
     # -- registry ------------------------------------------------------------
-    def load_registry(self) -> dict[str, HostRecord]:
+    def load(self) -> tuple[dict[str, HostRecord], list[Revocation]]:
+        """The registry: host records and the revocation list."""
         if not self.registry_path.exists():
-            return {}
+            return {}, []
         raw = json.loads(self.registry_path.read_text())
-        if raw.get("version") != REGISTRY_VERSION:
-            raise StoreError(f"{self.registry_path}: unknown registry version {raw.get('version')}")
-        return {name: HostRecord(**rec) for name, rec in raw["hosts"].items()}
+        version = raw.get("version")
+        if version not in (1, REGISTRY_VERSION):
+            raise StoreError(f"{self.registry_path}: unknown registry version {version}")
+        records = {name: HostRecord(**rec) for name, rec in raw["hosts"].items()}
+        revoked = [Revocation(**r) for r in raw.get("revoked", [])]
+        return records, revoked
 
-    def _save_registry(self, records: dict[str, HostRecord]) -> None:
+    def load_registry(self) -> dict[str, HostRecord]:
+        return self.load()[0]
+
+    def _registry_bytes(self, records: dict[str, HostRecord], revoked: list[Revocation]) -> bytes:
         doc = {
             "version": REGISTRY_VERSION,
             "hosts": {name: asdict(records[name]) for name in sorted(records)},
+            "revoked": [asdict(r) for r in revoked],
         }
-        write_atomic(self.registry_path, (json.dumps(doc, indent=2) + "\n").encode(), 0o644)
+        return (json.dumps(doc, indent=1) + "\n").encode()
 
     # -- sync ----------------------------------------------------------------
-    def sync(self, fleet: Fleet, now: dt.datetime | None = None) -> Credentials:
-        """Ensure every credential of the fleet exists and is current."""
-        now = now or dt.datetime.now(dt.UTC)
-        with self.locked():
-            root, issuing = self._load_or_create_ca(self.passphrase(fleet.lab))
-            records = self.load_registry()
-            before = {name: asdict(rec) for name, rec in records.items()}
-            addresses = self._allocate(fleet, records)
-            hosts = {}
-            gateway_addr = addresses[fleet.gateway.name]
-            for name in fleet.hosts:
-                if name == fleet.gateway.name:
-                    role, sender, mode = "gateway", "", "cert"
-                    dns, ips, purpose = (
-                        (fleet.gateway.mail_name,),
-                        (gateway_addr,),
-                        pki.Purpose.SERVER,
-                    )
-                    common_name = fleet.gateway.mail_name
-                else:
-                    sensor = fleet.sensor(name)
-                    role, sender, mode = "sensor", sensor.sender, sensor.mode.value
-                    dns, ips, purpose = (), (), pki.Purpose.CLIENT
-                    common_name = name
-                hosts[name] = self._ensure_host(
-                    name, role, sender, mode, addresses[name], issuing,
-                    common_name, purpose, dns, ips, records, now,
-                )  # fmt: skip
-            if {n: asdict(r) for n, r in records.items()} != before:
-                self._save_registry(records)
-            return Credentials(root.cert.public_bytes(serialization.Encoding.PEM), hosts)
+    def sync(
+        self,
+        fleet: Fleet,
+        *,
+        now: dt.datetime | None = None,
+        rotate: frozenset[str] | set[str] = frozenset(),
+        progress: Progress | None = None,
+    ) -> Credentials:
+        """Ensure every credential of the fleet exists and is current.
 
-    def _allocate(self, fleet: Fleet, records: dict[str, HostRecord]) -> dict[str, str]:
+        `rotate` names hosts (or "all") whose keys are replaced now; their old
+        certificates go on the CRL as superseded, and a revoked host named here
+        is re-admitted with new keys.
+        """
+        now = now or dt.datetime.now(dt.UTC)
+        unknown = set(rotate) - set(fleet.hosts) - {"all"}
+        if unknown:
+            raise StoreError(f"rotate: no such host in the inventory: {', '.join(sorted(unknown))}")
+        rotate = set(fleet.hosts) if "all" in rotate else set(rotate)
+        with self.locked():
+            batch = _Batch(self.path)
+            root, issuing = self._ensure_ca(fleet, self.passphrase(fleet.lab), now, batch)
+            records, revoked = self.load()
+            before = self._registry_bytes(records, revoked)
+            addresses = self._allocate(fleet, records, now)
+            issuer_id = issuing.key_identifier().hex()
+            hosts: dict[str, HostCredentials] = {}
+            self._mkdir(self.path / "hosts")
+            for done, name in enumerate(fleet.hosts, 1):
+                hosts[name] = self._ensure_host(
+                    name, self._want(fleet, name, addresses), addresses[name], issuing,
+                    issuer_id, records, revoked, name in rotate, fleet, now, batch,
+                )  # fmt: skip
+                if progress and (done % 500 == 0 or done == len(fleet.hosts)):
+                    progress(done, len(fleet.hosts))
+            self._check_unique(records)
+            crl = self._ensure_crl(issuing, revoked, fleet, now, batch)
+            after = self._registry_bytes(records, revoked)
+            if after != before:
+                batch.write(self.registry_path, after, 0o644)
+            batch.commit()
+            return Credentials(
+                root.cert.public_bytes(serialization.Encoding.PEM),
+                hosts,
+                crl.public_bytes(serialization.Encoding.PEM),
+            )
+
+    @staticmethod
+    def _want(fleet: Fleet, name: str, addresses: dict[str, str]) -> _Want:
+        if name == fleet.gateway.name:
+            return _Want(
+                "gateway", "", "cert", fleet.gateway.mail_name, pki.Purpose.SERVER,
+                (fleet.gateway.mail_name,), (addresses[name],),
+            )  # fmt: skip
+        sensor = fleet.sensor(name)
+        return _Want("sensor", sensor.sender, sensor.mode.value, name, pki.Purpose.CLIENT, (), ())
+
+    def _allocate(
+        self, fleet: Fleet, records: dict[str, HostRecord], now: dt.datetime
+    ) -> dict[str, str]:
         """WireGuard addresses: kept once given; the gateway takes the first.
 
         New hosts take the lowest address no record holds, so order in the
-        inventory never matters, and a removed sensor's address is not handed
-        out again while its record (and its credentials) exist.
+        inventory never matters. A host gone from the inventory (or revoked)
+        keeps its address until its certificate has expired.
         """
         subnet = fleet.vpn_subnet
-        taken = {rec.address: name for name, rec in records.items()}
-        result = {}
-        for name in fleet.hosts:
-            if name in records:
-                addr = ipaddress.IPv4Address(records[name].address)
-                if addr not in subnet:
+        taken: dict[str, str] = {}
+        result: dict[str, str] = {}
+        for name in sorted(records):
+            rec = records[name]
+            if name not in fleet.hosts and _utc(rec.not_after) <= now:
+                continue  # expired and gone: its address may be given again
+            if rec.address in taken:
+                raise StoreError(
+                    f"host {name!r}, field 'address': {rec.address} is also registered to "
+                    f"{taken[rec.address]!r}; fix {self.registry_path}"
+                )
+            taken[rec.address] = name
+            if name in fleet.hosts:
+                if ipaddress.IPv4Address(rec.address) not in subnet:
                     raise StoreError(
                         f"host {name!r}, field 'sensormail_vpn_subnet': its registered address "
-                        f"{addr} is outside {subnet}; renumbering is not supported"
+                        f"{rec.address} is outside {subnet}; renumbering is not supported"
                     )
-                result[name] = str(addr)
+                result[name] = rec.address
         hosts_iter = subnet.hosts()
         first = str(next(hosts_iter))
         if fleet.gateway.name not in result:
-            if first in taken and taken[first] != fleet.gateway.name:
+            if first in taken:
                 raise StoreError(
-                    f"host {fleet.gateway.name!r}: gateway address {first} is held by "
+                    f"host {fleet.gateway.name!r}: the gateway address {first} is held by "
                     f"{taken[first]!r}"
                 )
             result[fleet.gateway.name] = first
             taken[first] = fleet.gateway.name
-        free = (str(a) for a in hosts_iter if str(a) not in taken)
-        for name in sorted(fleet.hosts):
-            if name not in result:
-                try:
-                    result[name] = next(free)
-                except StopIteration:
+        new = sorted(n for n in fleet.hosts if n not in result)
+        if new:
+            free = (str(a) for a in hosts_iter if str(a) not in taken)
+            for name in new:
+                address = next(free, None)
+                if address is None:
                     raise StoreError(
-                        f"host {name!r}, field 'sensormail_vpn_subnet': no free address in {subnet}"
-                    ) from None
+                        f"host {name!r}, field 'sensormail_vpn_subnet': no free address in "
+                        f"{subnet} (addresses of removed hosts are held until their "
+                        "certificates expire)"
+                    )
+                result[name] = address
         return result
 
     def _ensure_host(
         self,
         name: str,
-        role: str,
-        sender: str,
-        mode: str,
+        want: _Want,
         address: str,
         issuing: pki.CA,
-        common_name: str,
-        purpose: pki.Purpose,
-        dns: tuple[str, ...],
-        ips: tuple[str, ...],
+        issuer_id: str,
         records: dict[str, HostRecord],
+        revoked: list[Revocation],
+        rotate: bool,
+        fleet: Fleet,
         now: dt.datetime,
+        batch: _Batch,
     ) -> HostCredentials:
         directory = self.host_dir(name)
-        self._mkdir(directory)
-        wg_key, cert_path, key_path = (
+        wg_path, cert_path, key_path = (
             directory / "wg.key",
             directory / "cert.pem",
             directory / "key.pem",
         )
-        if not wg_key.exists():
-            write_atomic(wg_key, pki.wireguard_keys().private.encode() + b"\n", 0o600)
-        wg_public = pki.wireguard_public(wg_key.read_text().strip())
+        rec = records.get(name)
+        creds = HostCredentials(rec, cert_path, key_path, wg_path)  # type: ignore[arg-type]
+        if rec and rec.revoked and not rotate:
+            return creds  # cut off: no renewal, nothing new until rotated
+        if (
+            rec
+            and not rotate
+            and self._matches(rec, want, address, issuer_id)
+            and not rec.due(now, fleet.lifetimes.renew_after)
+            and wg_path.exists()
+            and cert_path.exists()
+            and key_path.exists()
+        ):
+            return creds  # the common case on a rerun: nothing to read or write
+
+        self._mkdir(directory)
+        # WireGuard key: kept unless rotating.
+        if rotate or not wg_path.exists():
+            wg_private = pki.wireguard_keys().private
+            batch.write(wg_path, wg_private.encode() + b"\n", 0o600)
+        else:
+            wg_private = wg_path.read_text().strip()
 
         cert = pki.load_cert(cert_path.read_bytes()) if cert_path.exists() else None
-        if (
-            cert is None
-            or not key_path.exists()
-            or self._due(cert, common_name, dns, ips, issuing, now)
-        ):
-            key = (
-                serialization.load_pem_private_key(key_path.read_bytes(), None)
-                if key_path.exists()
-                else pki.new_key()
-            )
+        key = None
+        if key_path.exists() and not rotate:
+            loaded = serialization.load_pem_private_key(key_path.read_bytes(), None)
+            assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+            key = loaded
+        # A certificate is kept only with its own key, from the current issuing
+        # CA, naming what it should, and not yet due.
+        keep = (
+            cert is not None
+            and key is not None
+            and pki.key_matches(cert, key)
+            and pki.authority_key_id(cert) == issuing.key_identifier()
+            and _names(cert) == (want.common_name, want.dns, want.ips)
+            and not _cert_due(cert, now, fleet.lifetimes.renew_after)
+        )
+        if not keep:
+            if rotate and cert is not None and cert.not_valid_after_utc > now:
+                revoked.append(
+                    Revocation(format(cert.serial_number, "x"), name, now.isoformat(), "superseded")
+                )
+            if key is None or (cert is not None and not pki.key_matches(cert, key)):
+                key = pki.new_key()
+                batch.write(key_path, pki.private_pem(key), 0o600)
             issued = issuing.issue(
-                common_name, purpose, LEAF_DAYS, dns=dns, ips=ips, key=key, now=now
-            )
-            if not key_path.exists():
-                write_atomic(key_path, issued.key_pem(), 0o600)
+                want.common_name, want.purpose, fleet.lifetimes.cert_days,
+                dns=want.dns, ips=want.ips, key=key, now=now,
+            )  # fmt: skip
             chain = issued.cert_pem + issuing.cert.public_bytes(serialization.Encoding.PEM)
-            write_atomic(cert_path, chain, 0o644)
+            batch.write(cert_path, chain, 0o644)
             cert = issued.cert
+        assert cert is not None
         records[name] = HostRecord(
             name=name,
-            role=role,
+            role=want.role,
             address=address,
-            wg_public=wg_public,
+            wg_public=pki.wireguard_public(wg_private),
             cert_serial=format(cert.serial_number, "x"),
             cert_sha256=pki.fingerprint(cert),
             not_before=cert.not_valid_before_utc.isoformat(),
             not_after=cert.not_valid_after_utc.isoformat(),
-            sender=sender,
-            mode=mode,
+            sender=want.sender,
+            mode=want.mode,
+            common_name=want.common_name,
+            dns=list(want.dns),
+            ips=list(want.ips),
+            issuer_key_id=issuer_id,
+            revoked="",
         )
-        return HostCredentials(records[name], cert_path.read_bytes(), key_path, wg_key)
+        return HostCredentials(records[name], cert_path, key_path, wg_path)
 
     @staticmethod
-    def _due(cert, common_name, dns, ips, issuing: pki.CA, now: dt.datetime) -> bool:
-        """Re-issue when expiring, issued by another CA, or naming the wrong host."""
-        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-        if now >= start + (end - start) * RENEW_AFTER:
-            return True
-        if cert.issuer != issuing.cert.subject:
-            return True
-        cn = cert.subject.get_attributes_for_oid(pki.NameOID.COMMON_NAME)
-        if not cn or cn[0].value != common_name:
-            return True
-        try:
-            san = cert.extensions.get_extension_for_class(SubjectAlternativeName).value
-            have = (tuple(san.get_values_for_type(DNSName)),
-                    tuple(str(i) for i in san.get_values_for_type(IPAddress)))  # fmt: skip
-        except Exception:
-            have = ((), ())
-        return have != (tuple(dns), tuple(ips))
+    def _matches(rec: HostRecord, want: _Want, address: str, issuer_id: str) -> bool:
+        return (
+            rec.role == want.role
+            and rec.sender == want.sender
+            and rec.mode == want.mode
+            and rec.address == address
+            and rec.common_name == want.common_name
+            and tuple(rec.dns) == want.dns
+            and tuple(rec.ips) == want.ips
+            and rec.issuer_key_id == issuer_id
+        )
+
+    @staticmethod
+    def _check_unique(records: dict[str, HostRecord]) -> None:
+        """No two hosts may share a WireGuard key (a copied host directory would)."""
+        seen: dict[str, str] = {}
+        for name in sorted(records):
+            key = records[name].wg_public
+            if key in seen:
+                raise StoreError(
+                    f"host {name!r}, field 'wg_public': the same WireGuard key as "
+                    f"{seen[key]!r}; rotate one of them (--data rotate={name})"
+                )
+            seen[key] = name
+
+    def _ensure_crl(
+        self,
+        issuing: pki.CA,
+        revoked: list[Revocation],
+        fleet: Fleet,
+        now: dt.datetime,
+        batch: _Batch,
+    ) -> x509.CertificateRevocationList:
+        """The issuing CA's CRL; re-issued when its list changed or it is past renewal."""
+        path = self.ca_dir / "crl.pem"
+        want = sorted({int(r.serial, 16) for r in revoked})
+        if path.exists():
+            crl = x509.load_pem_x509_crl(path.read_bytes())
+            last, nxt = crl.last_update_utc, crl.next_update_utc
+            assert nxt is not None
+            if (
+                sorted(r.serial_number for r in crl) == want
+                and crl.is_signature_valid(issuing.key.public_key())
+                and now < last + (nxt - last) * fleet.lifetimes.renew_after
+            ):
+                return crl
+        when = {int(r.serial, 16): _utc(r.at) for r in revoked}
+        crl = issuing.crl([(s, when[s]) for s in want], fleet.lifetimes.crl_days, now=now)
+        batch.write(path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        return crl
+
+    # -- revocation ------------------------------------------------------------
+    def revoke(self, name: str, now: dt.datetime | None = None) -> HostRecord:
+        """Cut a sensor off: recorded now, applied to the CRL and every layer on the next run."""
+        now = now or dt.datetime.now(dt.UTC)
+        with self.locked():
+            records, revoked = self.load()
+            rec = records.get(name)
+            if rec is None:
+                known = ", ".join(sorted(records)) or "none"
+                raise StoreError(f"host {name!r}: not in the registry (registered: {known})")
+            if rec.role == "gateway":
+                raise StoreError(
+                    f"host {name!r}: the gateway cannot be revoked; rotate its keys instead "
+                    f"(--data rotate={name})"
+                )
+            if rec.revoked:
+                return rec
+            rec.revoked = now.isoformat()
+            revoked.append(Revocation(rec.cert_serial, name, rec.revoked, "revoked"))
+            batch = _Batch(self.path)
+            batch.write(self.registry_path, self._registry_bytes(records, revoked), 0o644)
+            batch.commit()
+            return rec
+
+
+def _cert_due(cert: x509.Certificate, now: dt.datetime, renew_after: float) -> bool:
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return now >= start + (end - start) * renew_after
+
+
+def _names(cert: x509.Certificate) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    cn = cert.subject.get_attributes_for_oid(pki.NameOID.COMMON_NAME)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(san.get_values_for_type(x509.DNSName))
+        ips = tuple(str(i) for i in san.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        dns, ips = (), ()
+    return (str(cn[0].value) if cn else "", dns, ips)

@@ -45,7 +45,9 @@ def fleet_and_credentials(tmp_path):
             not_after="2027-01-01T00:00:00+00:00",
             sender="" if name == "gw" else f"{name}@sensors.fleet.example",
         )
-        hosts[name] = HostCredentials(record, _pem("CERTIFICATE", f"{name} chain"), key, wg)
+        cert = tmp_path / f"{name}.crt"
+        cert.write_bytes(_pem("CERTIFICATE", f"{name} chain"))
+        hosts[name] = HostCredentials(record, cert, key, wg)
     return fleet, Credentials(_pem("CERTIFICATE", "root"), hosts)
 
 

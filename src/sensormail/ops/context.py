@@ -9,37 +9,28 @@ from __future__ import annotations
 
 from pyinfra import inventory
 
-from ..fleet import Fleet, HostEntry, build_fleet
-from ..store import Credentials, Store
+from .. import inventory as inventory_adapter
+from ..fleet import Fleet, build_fleet
+from ..store import Credentials, Store, StoreError
 
-__all__ = ["fleet_and_credentials", "inventory_fleet"]
+__all__ = ["fleet_and_credentials"]
 
 _cache: dict[int, tuple[Fleet, Credentials]] = {}
 
 
-def _entries() -> list[HostEntry]:
-    entries = []
-    for host in inventory:
-        data = host.data.dict()
-        entries.append(
-            HostEntry(
-                name=host.name,
-                groups=frozenset(host.groups),
-                data=data,
-                address=data.get("ssh_hostname"),
-            )
-        )
-    return entries
-
-
-def inventory_fleet() -> Fleet:
-    """The validated fleet; raises FleetError naming host and field."""
-    return build_fleet(_entries())
-
-
 def fleet_and_credentials() -> tuple[Fleet, Credentials]:
+    """Validate the inventory and sync the store, once per run; raise FleetError/StoreError."""
     key = id(inventory._get_module())  # one inventory per pyinfra run
     if key not in _cache:
-        fleet = inventory_fleet()
-        _cache[key] = (fleet, Store().sync(fleet))
+        hosts = list(inventory)
+        fleet = build_fleet(inventory_adapter.entries(hosts))
+        rotate = inventory_adapter.rotation(hosts)
+        active = {h.name for h in inventory.iter_activated_hosts()}
+        if rotate and fleet.gateway.name not in active:
+            # New keys the gateway does not know would lock the sensors out.
+            raise StoreError(
+                f"rotate: the gateway {fleet.gateway.name!r} must be part of a run that "
+                "rotates keys (drop --limit or include it)"
+            )
+        _cache[key] = (fleet, Store().sync(fleet, rotate=rotate))
     return _cache[key]

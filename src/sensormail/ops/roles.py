@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 
@@ -49,6 +49,9 @@ def gateway() -> None:
 def sensor() -> None:
     """WireGuard peer of the gateway, and the send agent with its spool timer."""
     fleet, creds = fleet_and_credentials()
+    if creds[host.name].revoked:
+        logger.warning(f"{host.name}: revoked; left as it is (the gateway no longer admits it)")
+        return
     host_files = render.sensor_files(fleet, creds, host.name)
 
     wireguard.install()

@@ -1,0 +1,101 @@
+"""`sensormail pki …` as an operator runs it: a real inventory file, any working directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+INVENTORY = """
+gateway = [("gw", {"ssh_hostname": "192.0.2.1", "sensormail_mail_name": "gw.fleet.example"})]
+sensors = [
+    ("temp-1", {"sensormail_sender": "temp-1@sensors.fleet.example"}),
+    ("temp-2", {"sensormail_sender": "temp-2@sensors.fleet.example"}),
+]
+"""
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A project directory: deploy.py, inventory/, and the store under pki/."""
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "fleet.py").write_text(INVENTORY)
+    (tmp_path / "deploy.py").write_text("")
+    return tmp_path
+
+
+def sensormail(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SENSORMAIL_")}
+    environ |= {"SENSORMAIL_CA_PASSPHRASE": "cli test"} | env
+    return subprocess.run(
+        [sys.executable, "-m", "sensormail.cli", *args],
+        cwd=cwd, env=environ, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_sync_status_revoke_from_anywhere(project, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    inventory = project / "inventory" / "fleet.py"
+    synced = sensormail("pki", "sync", "-i", str(inventory), cwd=elsewhere)
+    assert synced.returncode == 0, synced.stderr
+    assert (project / "pki" / "ca" / "root.crt").exists()  # the project's store, not cwd's
+    assert not (elsewhere / "pki").exists()
+
+    status = sensormail("pki", "status", cwd=project / "inventory")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].split()[:4] == ["host", "role", "mode", "address"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["temp-1"][1:4] == ["sensor", "cert", "10.77.0.2"]
+    assert rows["gw"][3] == "10.77.0.1"
+
+    # Everything expires within 400 days: a non-zero exit names them.
+    warn = sensormail("pki", "status", "--warn-days", "400", cwd=project)
+    assert warn.returncode == 1
+    assert "temp-1" in warn.stderr
+
+    revoked = sensormail("pki", "revoke", "temp-1", cwd=project)
+    assert revoked.returncode == 0, revoked.stderr
+    registry = json.loads((project / "pki" / "registry.json").read_text())
+    assert registry["hosts"]["temp-1"]["revoked"]
+    assert registry["revoked"][0]["host"] == "temp-1"
+    assert "revoked" in sensormail("pki", "status", cwd=project).stdout
+
+
+def test_sync_is_what_the_store_does_and_a_rerun_writes_nothing(project):
+    inventory = str(project / "inventory" / "fleet.py")
+    assert sensormail("pki", "sync", "-i", inventory, cwd=project).returncode == 0
+    before = {p: p.read_bytes() for p in (project / "pki").rglob("*") if p.is_file()}
+    assert sensormail("pki", "sync", "-i", inventory, cwd=project).returncode == 0
+    after = {p: p.read_bytes() for p in (project / "pki").rglob("*") if p.is_file()}
+    assert after == before
+    rotated = sensormail("pki", "sync", "-i", inventory, "--rotate", "temp-2", cwd=project)
+    assert rotated.returncode == 0, rotated.stderr
+    key = project / "pki" / "hosts" / "temp-2" / "key.pem"
+    assert key.read_bytes() != before[key]
+
+
+def test_bad_inventory_is_named_and_nothing_is_written(project):
+    bad = project / "inventory" / "bad.py"
+    bad.write_text(
+        INVENTORY.replace('"sensormail_sender": "temp-2@', '"sensormail_sendr": "temp-2@')
+    )
+    result = sensormail("pki", "sync", "-i", str(bad), cwd=project)
+    assert result.returncode == 1
+    assert "host 'temp-2', field 'sensormail_sendr': unknown key" in result.stderr
+    assert "host 'temp-2', field 'sensormail_sender': required" in result.stderr
+    assert not (project / "pki").exists()
+
+
+def test_missing_passphrase_and_unknown_host(project):
+    inventory = str(project / "inventory" / "fleet.py")
+    result = sensormail("pki", "sync", "-i", inventory, cwd=project, SENSORMAIL_CA_PASSPHRASE="")
+    assert result.returncode == 1
+    assert "SENSORMAIL_CA_PASSPHRASE" in result.stderr
+    assert sensormail("pki", "sync", "-i", inventory, cwd=project).returncode == 0
+    result = sensormail("pki", "revoke", "nope", cwd=project)
+    assert result.returncode == 1 and "'nope': not in the registry" in result.stderr

@@ -1,0 +1,109 @@
+"""The store under concurrency and crashes: a lock, and all-or-nothing runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from sample import entries
+
+from sensormail import pki
+from sensormail.fleet import build_fleet
+from sensormail.store import Store, StoreError
+
+# Run in a child process: sync with rotation of every key, the process killed
+# (os._exit, no cleanup) when it reaches rename number CRASH_AT.
+CRASHING_SYNC = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    from sample import entries
+    from sensormail.fleet import build_fleet
+    from sensormail.store import Store
+
+    crash_at = int(sys.argv[1])
+    real_replace, count = os.replace, [0]
+
+    def replace(src, dst):
+        count[0] += 1
+        if count[0] == crash_at:
+            os._exit(137)
+        real_replace(src, dst)
+
+    os.replace = replace
+    Store(sys.argv[2]).sync(build_fleet(entries()), rotate={{"all"}})
+    print("finished without crashing")
+    """
+).format(tests=str(Path(__file__).parent))
+
+
+@pytest.fixture
+def passphrase(monkeypatch):
+    monkeypatch.setenv("SENSORMAIL_CA_PASSPHRASE", "crash")
+
+
+def _state(store: Store) -> dict[str, tuple[str, str]]:
+    """Per host (cert fingerprint, WireGuard public key), checked against the registry."""
+    records = store.load_registry()
+    state = {}
+    for name, rec in records.items():
+        directory = store.host_dir(name)
+        cert = pki.load_cert((directory / "cert.pem").read_bytes())
+        key = serialization.load_pem_private_key((directory / "key.pem").read_bytes(), None)
+        assert pki.key_matches(cert, key), f"{name}: key and certificate torn apart"
+        assert pki.fingerprint(cert) == rec.cert_sha256, f"{name}: registry out of date"
+        wg_public = pki.wireguard_public((directory / "wg.key").read_text().strip())
+        assert wg_public == rec.wg_public, f"{name}: WireGuard key out of date"
+        state[name] = (rec.cert_sha256, rec.wg_public)
+    return state
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 5, 8, 11])
+def test_a_crash_leaves_the_old_state_or_the_new_one(tmp_path, passphrase, crash_at):
+    store = Store(tmp_path / "pki")
+    fleet = build_fleet(entries())
+    store.sync(fleet)
+    old = _state(store)
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHING_SYNC, str(crash_at), str(store.path)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+    )
+    assert child.returncode == 137, child.stdout + child.stderr
+    store.sync(fleet)  # the next run (it finishes an interrupted commit first)
+    new = _state(store)
+    assert not (store.path / "journal.json").exists()
+    if crash_at == 1:  # died writing the journal: nothing of the run is visible
+        assert new == old
+    else:  # the journal was durable: the whole rotation landed
+        assert all(new[name] != old[name] for name in old)
+
+
+def test_a_second_run_waits_for_the_lock_then_gives_up(tmp_path, passphrase, monkeypatch):
+    store = Store(tmp_path / "pki")
+    store.sync(build_fleet(entries()))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
+         str(store.path / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("SENSORMAIL_LOCK_TIMEOUT", "0.5")
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="another sensormail run holds the store lock"):
+            store.sync(build_fleet(entries()))
+        assert time.monotonic() - started >= 0.5
+    finally:
+        holder.kill()
+        holder.wait()
+    store.sync(build_fleet(entries()))  # free again once the other run is gone

@@ -1,0 +1,166 @@
+"""Renewal, rotation, revocation, address keeping, validation of the registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sample import entries
+
+from sensormail import pki, render
+from sensormail.fleet import build_fleet
+from sensormail.store import Store, StoreError
+
+NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Store:
+    monkeypatch.setenv("SENSORMAIL_CA_PASSPHRASE", "lifecycle")
+    return Store(tmp_path / "pki")
+
+
+def _crl(store: Store) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl((store.ca_dir / "crl.pem").read_bytes())
+
+
+def test_renewal_keeps_the_key_and_replaces_the_certificate(store):
+    fleet = build_fleet(entries())
+    first = store.sync(fleet, now=NOW)
+    old = {n: (h.record.cert_serial, h.key_pem(), h.wg_private()) for n, h in first.hosts.items()}
+    # Not yet due one day before two thirds of the 365-day lifetime...
+    store.sync(fleet, now=NOW + dt.timedelta(days=240))
+    assert store.load_registry()["temp-1"].cert_serial == old["temp-1"][0]
+    # ...due after it.
+    later = store.sync(fleet, now=NOW + dt.timedelta(days=245))
+    for name, (serial, key, wg) in old.items():
+        host = later[name]
+        assert host.record.cert_serial != serial
+        assert host.key_pem() == key and host.wg_private() == wg
+        cert = pki.load_cert(host.cert_chain_pem)
+        assert pki.key_matches(cert, serialization.load_pem_private_key(key, None))
+        assert cert.not_valid_before_utc > NOW
+
+
+def test_lifetimes_come_from_the_inventory(store):
+    fleet = build_fleet(entries(gw={"sensormail_cert_days": 30}))
+    creds = store.sync(fleet, now=NOW)
+    cert = pki.load_cert(creds["temp-1"].cert_chain_pem)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=30)
+
+
+def test_crl_is_reissued_well_before_next_update(store):
+    fleet = build_fleet(entries())
+    store.sync(fleet, now=NOW)
+    first = _crl(store)
+    assert first.next_update_utc - first.last_update_utc == dt.timedelta(days=30)
+    store.sync(fleet, now=NOW + dt.timedelta(days=10))
+    assert _crl(store).last_update_utc == first.last_update_utc  # still fresh: unchanged
+    store.sync(fleet, now=NOW + dt.timedelta(days=21))
+    renewed = _crl(store)
+    assert renewed.last_update_utc > first.last_update_utc
+    assert renewed.next_update_utc > first.next_update_utc
+
+
+def test_rotate_replaces_keys_and_supersedes_the_old_certificate(store):
+    fleet = build_fleet(entries())
+    before = store.sync(fleet, now=NOW)
+    old_serial = before["temp-1"].record.cert_serial
+    old_key, old_wg = before["temp-1"].key_pem(), before["temp-1"].wg_private()
+    other = (before["temp-2"].record, before["temp-2"].key_pem())
+    after = store.sync(fleet, now=NOW, rotate={"temp-1"})
+    assert after["temp-1"].key_pem() != old_key
+    assert after["temp-1"].wg_private() != old_wg
+    assert after["temp-1"].record.address == before["temp-1"].record.address
+    assert (after["temp-2"].record, after["temp-2"].key_pem()) == other
+    revoked = _crl(store).get_revoked_certificate_by_serial_number(int(old_serial, 16))
+    assert revoked is not None
+
+
+def test_rotate_all_and_unknown_names(store):
+    fleet = build_fleet(entries())
+    before = store.sync(fleet, now=NOW)
+    keys = {n: h.key_pem() for n, h in before.hosts.items()}
+    after = store.sync(fleet, now=NOW, rotate={"all"})
+    assert all(after[n].key_pem() != k for n, k in keys.items())
+    with pytest.raises(StoreError, match="no such host in the inventory: nope"):
+        store.sync(fleet, now=NOW, rotate={"nope"})
+
+
+def test_revocation_reaches_the_crl_and_the_gateway(store):
+    fleet = build_fleet(entries())
+    creds = store.sync(fleet, now=NOW)
+    serial = creds["temp-1"].record.cert_serial
+    fingerprint = creds["temp-1"].record.cert_sha256
+    store.revoke("temp-1", now=NOW)
+    creds = store.sync(fleet, now=NOW)
+    assert _crl(store).get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+    assert creds["temp-1"].revoked
+    files = {f.path: f.content for f in render.gateway_files(fleet, creds)}
+    assert fingerprint not in files[f"{render.POSTFIX_DIR}/ccert_access"]
+    assert "temp-1" not in files[render.WG_CONF]
+    assert "temp-2" in files[render.WG_CONF]
+    # Nothing is renewed for a revoked host, even when due; rotation re-admits it.
+    store.sync(fleet, now=NOW + dt.timedelta(days=300))
+    assert store.load_registry()["temp-1"].cert_serial == serial
+    readmitted = store.sync(fleet, now=NOW, rotate={"temp-1"})
+    assert not readmitted["temp-1"].revoked
+    assert readmitted["temp-1"].record.cert_serial != serial
+
+
+def test_revoke_errors(store):
+    store.sync(build_fleet(entries()), now=NOW)
+    with pytest.raises(StoreError, match="'nope': not in the registry"):
+        store.revoke("nope")
+    with pytest.raises(StoreError, match="gateway cannot be revoked"):
+        store.revoke("gw")
+
+
+def test_removed_sensor_keeps_its_address_while_its_certificate_is_valid(store):
+    first = store.sync(build_fleet(entries()), now=NOW)
+    newcomer = entries("temp-2")[0].__class__(
+        "temp-3", frozenset({"sensors"}), {"sensormail_sender": "temp-3@sensors.fleet.example"}
+    )
+    fleet = build_fleet([*entries("gw", "temp-2"), newcomer])
+    creds = store.sync(fleet, now=NOW)
+    assert creds["temp-3"].record.address not in {h.record.address for h in first.hosts.values()}
+    # Once temp-1's certificate has expired, its address is free again.
+    later = Store(store.path)
+    gone = build_fleet(entries("gw", "temp-2"))
+    later.sync(gone, now=NOW + dt.timedelta(days=400))
+    another = newcomer.__class__(
+        "temp-4", frozenset({"sensors"}), {"sensormail_sender": "temp-4@sensors.fleet.example"}
+    )
+    creds = later.sync(build_fleet([*entries("gw", "temp-2"), newcomer, another]),
+                       now=NOW + dt.timedelta(days=400))  # fmt: skip
+    assert creds["temp-4"].record.address == first["temp-1"].record.address
+
+
+def test_duplicate_wireguard_keys_are_refused(store):
+    store.sync(build_fleet(entries()), now=NOW)
+    shutil.copy(store.host_dir("temp-1") / "wg.key", store.host_dir("temp-2") / "wg.key.copy")
+    (store.host_dir("temp-2") / "wg.key.copy").replace(store.host_dir("temp-2") / "wg.key")
+    # A rerun trusts the registry; the copy is found once temp-2's files are read again.
+    (store.host_dir("temp-2") / "cert.pem").unlink()
+    with pytest.raises(StoreError, match="host 'temp-2', field 'wg_public'"):
+        store.sync(build_fleet(entries()), now=NOW)
+
+
+def test_duplicate_registered_addresses_are_refused(store):
+    store.sync(build_fleet(entries()), now=NOW)
+    doc = json.loads(store.registry_path.read_text())
+    doc["hosts"]["temp-2"]["address"] = doc["hosts"]["temp-1"]["address"]
+    store.registry_path.write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="field 'address'"):
+        store.sync(build_fleet(entries()), now=NOW)
+
+
+def test_subnet_change_is_refused(store):
+    store.sync(build_fleet(entries()), now=NOW)
+    moved = build_fleet(entries(gw={"sensormail_vpn_subnet": "10.78.0.0/24"}))
+    with pytest.raises(StoreError, match="field 'sensormail_vpn_subnet'"):
+        store.sync(moved, now=NOW)
