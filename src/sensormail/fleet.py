@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 __all__ = [
@@ -117,11 +118,12 @@ class Fleet:
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", (self.gateway.name, *(s.name for s in self.sensors)))
 
+    @cached_property
+    def _by_name(self) -> dict[str, Sensor]:
+        return {s.name: s for s in self.sensors}
+
     def sensor(self, name: str) -> Sensor:
-        for sensor in self.sensors:
-            if sensor.name == name:
-                return sensor
-        raise KeyError(name)
+        return self._by_name[name]
 
 
 def _problem(host: str, key: str, text: str) -> str:

@@ -15,12 +15,14 @@ import datetime as dt
 import fcntl
 import ipaddress
 import json
+import multiprocessing as mp
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -28,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import pki
-from .fleet import Fleet
+from .fleet import Fleet, Lifetimes
 
 __all__ = [
     "Credentials",
@@ -99,7 +101,7 @@ class HostRecord:
         return now >= start + (end - start) * renew_after
 
 
-@dataclass(frozen=True)
+@dataclass
 class Revocation:
     serial: str  # hex
     host: str
@@ -121,6 +123,10 @@ class HostCredentials:
     @property
     def revoked(self) -> bool:
         return bool(self.record.revoked)
+
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        return self.cert_path, self.key_path, self.wg_private_path
 
     @property
     def cert_chain_pem(self) -> bytes:
@@ -204,37 +210,41 @@ class _Batch:
     them durable, a journal listing the renames is written, the renames happen,
     another syncfs, the journal goes. A crash before the journal leaves the old
     state (the .new files are ignored); after it, the next run rolls forward.
+    Paths in the journal are relative, so a store may be moved.
     """
 
     def __init__(self, root: Path):
         self.root = root
-        self.moves: list[tuple[Path, Path]] = []
+        self._prefix = len(str(root)) + 1
+        self.moves: list[tuple[str, str]] = []
 
     @property
     def journal(self) -> Path:
         return self.root / "journal.json"
 
     def write(self, path: Path, data: bytes, mode: int) -> None:
-        tmp = path.with_name(f".{path.name}.new")
-        _create(tmp, data, mode)
-        self.moves.append((tmp, path))
+        final = str(path)
+        slash = final.rindex("/") + 1
+        tmp = f"{final[:slash]}.{final[slash:]}.new"
+        _create(Path(tmp), data, mode)
+        self.moves.append((tmp[self._prefix :], final[self._prefix :]))
 
     def commit(self) -> None:
         if not self.moves:
             return
         _syncfs(self.root)
-        moves = [
-            [str(t.relative_to(self.root)), str(p.relative_to(self.root))] for t, p in self.moves
-        ]
-        write_atomic(self.journal, json.dumps(moves).encode(), 0o600)
+        write_atomic(self.journal, json.dumps(self.moves).encode(), 0o600)
         self.roll_forward()
 
     def roll_forward(self) -> None:
         if not self.journal.exists():
             return
+        root = str(self.root)
         for tmp, path in json.loads(self.journal.read_text()):
-            if (self.root / tmp).exists():
-                os.replace(self.root / tmp, self.root / path)
+            try:
+                os.replace(f"{root}/{tmp}", f"{root}/{path}")
+            except FileNotFoundError:
+                pass  # renamed before the interruption
         _syncfs(self.root)
         self.journal.unlink()
         _fsync_dir(self.root)
@@ -251,7 +261,7 @@ class _Want:
     sender: str
     mode: str
     common_name: str
-    purpose: pki.Purpose
+    purpose: str  # a pki.Purpose name (its OID value does not pickle)
     dns: tuple[str, ...]
     ips: tuple[str, ...]
 
@@ -430,13 +440,17 @@ class Store:
     def load_registry(self) -> dict[str, HostRecord]:
         return self.load()[0]
 
-    def _registry_bytes(self, records: dict[str, HostRecord], revoked: list[Revocation]) -> bytes:
-        doc = {
-            "version": REGISTRY_VERSION,
-            "hosts": {name: asdict(records[name]) for name in sorted(records)},
-            "revoked": [asdict(r) for r in revoked],
-        }
-        return (json.dumps(doc, indent=1) + "\n").encode()
+    @staticmethod
+    def _registry_bytes(records: dict[str, HostRecord], revoked: list[Revocation]) -> bytes:
+        """JSON with one line per host: readable, diffable, quick for large fleets."""
+        hosts = ",\n".join(
+            f"  {json.dumps(name)}: {json.dumps(vars(records[name]))}" for name in sorted(records)
+        )
+        revocations = ",\n".join(f"  {json.dumps(vars(r))}" for r in revoked)
+        return (
+            f'{{"version": {REGISTRY_VERSION},\n"hosts": {{\n{hosts}\n}},\n'
+            f'"revoked": [\n{revocations}\n]}}\n'
+        ).encode()
 
     # -- sync ----------------------------------------------------------------
     def sync(
@@ -462,18 +476,41 @@ class Store:
             batch = _Batch(self.path)
             root, issuing = self._ensure_ca(fleet, self.passphrase(fleet.lab), now, batch)
             records, revoked = self.load()
-            before = self._registry_bytes(records, revoked)
+            before = self.registry_path.read_bytes() if self.registry_path.exists() else b""
             addresses = self._allocate(fleet, records, now)
             issuer_id = issuing.key_identifier().hex()
             hosts: dict[str, HostCredentials] = {}
             self._mkdir(self.path / "hosts")
-            for done, name in enumerate(fleet.hosts, 1):
-                hosts[name] = self._ensure_host(
-                    name, self._want(fleet, name, addresses), addresses[name], issuing,
-                    issuer_id, records, revoked, name in rotate, fleet, now, batch,
-                )  # fmt: skip
-                if progress and (done % 500 == 0 or done == len(fleet.hosts)):
-                    progress(done, len(fleet.hosts))
+            renew_after = fleet.lifetimes.renew_after
+            jobs: list[_Job] = []
+            for name in fleet.hosts:
+                want, rec = self._want(fleet, name, addresses), records.get(name)
+                directory = self.host_dir(name)
+                hosts[name] = HostCredentials(
+                    rec,  # type: ignore[arg-type]  # filled in below for jobs
+                    directory / "cert.pem",
+                    directory / "key.pem",
+                    directory / "wg.key",
+                )
+                if rec and rec.revoked and name not in rotate:
+                    continue  # cut off: no renewal, nothing new until rotated
+                if (
+                    rec
+                    and name not in rotate
+                    and self._matches(rec, want, addresses[name], issuer_id)
+                    and not rec.due(now, renew_after)
+                    and all(p.exists() for p in (*hosts[name].paths,))
+                ):
+                    continue  # the common case on a rerun: nothing to read or write
+                jobs.append(_Job(name, want, addresses[name], name in rotate))
+            context = _Context(self.path, issuing, issuer_id, fleet.lifetimes, now)
+            for done, result in enumerate(_run(context, jobs), 1):
+                records[result.record.name] = result.record
+                hosts[result.record.name] = replace(hosts[result.record.name], record=result.record)
+                batch.moves.extend(result.moves)
+                revoked.extend(result.superseded)
+                if progress and (done % 500 == 0 or done == len(jobs)):
+                    progress(done, len(jobs))
             self._check_unique(records)
             crl = self._ensure_crl(issuing, revoked, fleet, now, batch)
             after = self._registry_bytes(records, revoked)
@@ -490,11 +527,13 @@ class Store:
     def _want(fleet: Fleet, name: str, addresses: dict[str, str]) -> _Want:
         if name == fleet.gateway.name:
             return _Want(
-                "gateway", "", "cert", fleet.gateway.mail_name, pki.Purpose.SERVER,
+                "gateway", "", "cert", fleet.gateway.mail_name, pki.Purpose.SERVER.name,
                 (fleet.gateway.mail_name,), (addresses[name],),
             )  # fmt: skip
         sensor = fleet.sensor(name)
-        return _Want("sensor", sensor.sender, sensor.mode.value, name, pki.Purpose.CLIENT, (), ())
+        return _Want(
+            "sensor", sensor.sender, sensor.mode.value, name, pki.Purpose.CLIENT.name, (), ()
+        )
 
     def _allocate(
         self, fleet: Fleet, records: dict[str, HostRecord], now: dt.datetime
@@ -506,11 +545,12 @@ class Store:
         keeps its address until its certificate has expired.
         """
         subnet = fleet.vpn_subnet
+        in_fleet = set(fleet.hosts)
         taken: dict[str, str] = {}
         result: dict[str, str] = {}
         for name in sorted(records):
             rec = records[name]
-            if name not in fleet.hosts and _utc(rec.not_after) <= now:
+            if name not in in_fleet and _utc(rec.not_after) <= now:
                 continue  # expired and gone: its address may be given again
             if rec.address in taken:
                 raise StoreError(
@@ -518,15 +558,17 @@ class Store:
                     f"{taken[rec.address]!r}; fix {self.registry_path}"
                 )
             taken[rec.address] = name
-            if name in fleet.hosts:
+            if name in in_fleet:
                 if ipaddress.IPv4Address(rec.address) not in subnet:
                     raise StoreError(
                         f"host {name!r}, field 'sensormail_vpn_subnet': its registered address "
                         f"{rec.address} is outside {subnet}; renumbering is not supported"
                     )
                 result[name] = rec.address
-        hosts_iter = subnet.hosts()
-        first = str(next(hosts_iter))
+        # Host addresses as integers: a /16 has 65,534 of them, objects would be slow.
+        first_int = int(subnet.network_address) + 1
+        last_int = int(subnet.broadcast_address) - 1
+        first = str(ipaddress.IPv4Address(first_int))
         if fleet.gateway.name not in result:
             if first in taken:
                 raise StoreError(
@@ -535,113 +577,22 @@ class Store:
                 )
             result[fleet.gateway.name] = first
             taken[first] = fleet.gateway.name
-        new = sorted(n for n in fleet.hosts if n not in result)
+        new = sorted(n for n in in_fleet if n not in result)
         if new:
-            free = (str(a) for a in hosts_iter if str(a) not in taken)
+            used = {int(ipaddress.IPv4Address(a)) for a in taken}
+            candidate = first_int + 1
             for name in new:
-                address = next(free, None)
-                if address is None:
+                while candidate in used:
+                    candidate += 1
+                if candidate > last_int:
                     raise StoreError(
                         f"host {name!r}, field 'sensormail_vpn_subnet': no free address in "
                         f"{subnet} (addresses of removed hosts are held until their "
                         "certificates expire)"
                     )
-                result[name] = address
+                result[name] = str(ipaddress.IPv4Address(candidate))
+                candidate += 1
         return result
-
-    def _ensure_host(
-        self,
-        name: str,
-        want: _Want,
-        address: str,
-        issuing: pki.CA,
-        issuer_id: str,
-        records: dict[str, HostRecord],
-        revoked: list[Revocation],
-        rotate: bool,
-        fleet: Fleet,
-        now: dt.datetime,
-        batch: _Batch,
-    ) -> HostCredentials:
-        directory = self.host_dir(name)
-        wg_path, cert_path, key_path = (
-            directory / "wg.key",
-            directory / "cert.pem",
-            directory / "key.pem",
-        )
-        rec = records.get(name)
-        creds = HostCredentials(rec, cert_path, key_path, wg_path)  # type: ignore[arg-type]
-        if rec and rec.revoked and not rotate:
-            return creds  # cut off: no renewal, nothing new until rotated
-        if (
-            rec
-            and not rotate
-            and self._matches(rec, want, address, issuer_id)
-            and not rec.due(now, fleet.lifetimes.renew_after)
-            and wg_path.exists()
-            and cert_path.exists()
-            and key_path.exists()
-        ):
-            return creds  # the common case on a rerun: nothing to read or write
-
-        self._mkdir(directory)
-        # WireGuard key: kept unless rotating.
-        if rotate or not wg_path.exists():
-            wg_private = pki.wireguard_keys().private
-            batch.write(wg_path, wg_private.encode() + b"\n", 0o600)
-        else:
-            wg_private = wg_path.read_text().strip()
-
-        cert = pki.load_cert(cert_path.read_bytes()) if cert_path.exists() else None
-        key = None
-        if key_path.exists() and not rotate:
-            loaded = serialization.load_pem_private_key(key_path.read_bytes(), None)
-            assert isinstance(loaded, ec.EllipticCurvePrivateKey)
-            key = loaded
-        # A certificate is kept only with its own key, from the current issuing
-        # CA, naming what it should, and not yet due.
-        keep = (
-            cert is not None
-            and key is not None
-            and pki.key_matches(cert, key)
-            and pki.authority_key_id(cert) == issuing.key_identifier()
-            and _names(cert) == (want.common_name, want.dns, want.ips)
-            and not _cert_due(cert, now, fleet.lifetimes.renew_after)
-        )
-        if not keep:
-            if rotate and cert is not None and cert.not_valid_after_utc > now:
-                revoked.append(
-                    Revocation(format(cert.serial_number, "x"), name, now.isoformat(), "superseded")
-                )
-            if key is None or (cert is not None and not pki.key_matches(cert, key)):
-                key = pki.new_key()
-                batch.write(key_path, pki.private_pem(key), 0o600)
-            issued = issuing.issue(
-                want.common_name, want.purpose, fleet.lifetimes.cert_days,
-                dns=want.dns, ips=want.ips, key=key, now=now,
-            )  # fmt: skip
-            chain = issued.cert_pem + issuing.cert.public_bytes(serialization.Encoding.PEM)
-            batch.write(cert_path, chain, 0o644)
-            cert = issued.cert
-        assert cert is not None
-        records[name] = HostRecord(
-            name=name,
-            role=want.role,
-            address=address,
-            wg_public=pki.wireguard_public(wg_private),
-            cert_serial=format(cert.serial_number, "x"),
-            cert_sha256=pki.fingerprint(cert),
-            not_before=cert.not_valid_before_utc.isoformat(),
-            not_after=cert.not_valid_after_utc.isoformat(),
-            sender=want.sender,
-            mode=want.mode,
-            common_name=want.common_name,
-            dns=list(want.dns),
-            ips=list(want.ips),
-            issuer_key_id=issuer_id,
-            revoked="",
-        )
-        return HostCredentials(records[name], cert_path, key_path, wg_path)
 
     @staticmethod
     def _matches(rec: HostRecord, want: _Want, address: str, issuer_id: str) -> bool:
@@ -718,6 +669,129 @@ class Store:
             batch.write(self.registry_path, self._registry_bytes(records, revoked), 0o644)
             batch.commit()
             return rec
+
+
+# -- per-host work (in worker processes for large runs) -----------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    name: str
+    want: _Want
+    address: str
+    rotate: bool
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every host's work needs; inherited by forked workers, never pickled."""
+
+    root: Path
+    issuing: pki.CA
+    issuer_id: str
+    lifetimes: Lifetimes
+    now: dt.datetime
+
+
+@dataclass(frozen=True)
+class _Result:
+    record: HostRecord
+    moves: list[tuple[str, str]]
+    superseded: list[Revocation]
+
+
+_context: _Context | None = None
+# Below this many hosts to (re)issue, forking workers costs more than it saves.
+PARALLEL_FROM = 1000
+
+
+def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
+    """Each job's result, in order; across CPU cores when there are many."""
+    global _context
+    workers = int(os.environ.get("SENSORMAIL_WORKERS", os.cpu_count() or 1))
+    _context = context
+    try:
+        if len(jobs) < PARALLEL_FROM or workers < 2:
+            yield from map(_work, jobs)
+            return
+        chunk = max(64, len(jobs) // (workers * 8))
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            yield from pool.map(_work, jobs, chunksize=chunk)
+    finally:
+        _context = None
+
+
+def _work(job: _Job) -> _Result:
+    """Make one host's credentials current; new files are staged in its directory."""
+    ctx = _context
+    assert ctx is not None
+    batch = _Batch(ctx.root)
+    directory = ctx.root / "hosts" / job.name
+    wg_path, cert_path, key_path = (
+        directory / "wg.key",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+    directory.mkdir(mode=0o700, exist_ok=True)  # hosts/ itself is made 0700 by sync
+    want, now, lifetimes = job.want, ctx.now, ctx.lifetimes
+    superseded = []
+
+    # WireGuard key: kept unless rotating.
+    if job.rotate or not wg_path.exists():
+        wg_private = pki.wireguard_keys().private
+        batch.write(wg_path, wg_private.encode() + b"\n", 0o600)
+    else:
+        wg_private = wg_path.read_text().strip()
+
+    cert = pki.load_cert(cert_path.read_bytes()) if cert_path.exists() else None
+    key = None
+    if key_path.exists() and not job.rotate:
+        loaded = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        key = loaded
+    # A certificate is kept only with its own key, from the current issuing CA,
+    # naming what it should, and not yet due.
+    keep = (
+        cert is not None
+        and key is not None
+        and pki.key_matches(cert, key)
+        and pki.authority_key_id(cert) == ctx.issuing.key_identifier()
+        and _names(cert) == (want.common_name, want.dns, want.ips)
+        and not _cert_due(cert, now, lifetimes.renew_after)
+    )
+    if not keep:
+        if job.rotate and cert is not None and cert.not_valid_after_utc > now:
+            serial = format(cert.serial_number, "x")
+            superseded.append(Revocation(serial, job.name, now.isoformat(), "superseded"))
+        if key is None or (cert is not None and not pki.key_matches(cert, key)):
+            key = pki.new_key()
+            batch.write(key_path, pki.private_pem(key), 0o600)
+        issued = ctx.issuing.issue(
+            want.common_name, pki.Purpose[want.purpose], lifetimes.cert_days,
+            dns=want.dns, ips=want.ips, key=key, now=now,
+        )  # fmt: skip
+        chain = issued.cert_pem + ctx.issuing.cert.public_bytes(serialization.Encoding.PEM)
+        batch.write(cert_path, chain, 0o644)
+        cert = issued.cert
+    assert cert is not None
+    record = HostRecord(
+        name=job.name,
+        role=want.role,
+        address=job.address,
+        wg_public=pki.wireguard_public(wg_private),
+        cert_serial=format(cert.serial_number, "x"),
+        cert_sha256=pki.fingerprint(cert),
+        not_before=cert.not_valid_before_utc.isoformat(),
+        not_after=cert.not_valid_after_utc.isoformat(),
+        sender=want.sender,
+        mode=want.mode,
+        common_name=want.common_name,
+        dns=list(want.dns),
+        ips=list(want.ips),
+        issuer_key_id=ctx.issuer_id,
+        revoked="",
+    )
+    return _Result(record, batch.moves, superseded)
 
 
 def _cert_due(cert: x509.Certificate, now: dt.datetime, renew_after: float) -> bool:

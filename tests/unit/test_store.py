@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from sample import entries
 
-from sensormail.fleet import build_fleet
+from sensormail import pki
+from sensormail import store as store_module
+from sensormail.fleet import HostEntry, build_fleet
 from sensormail.store import Store, StoreError
 
 
@@ -141,3 +144,29 @@ def test_lab_fleet_keeps_its_passphrase_in_the_store(tmp_path, monkeypatch):
     store = Store(tmp_path / "pki")
     store.sync(build_fleet(entries(gw={"sensormail_lab": True})))
     assert (store.path / "lab-passphrase").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_large_fleet_is_issued_across_workers(tmp_path, passphrase, monkeypatch):
+    """Above PARALLEL_FROM hosts the work is forked out; the result must be the same kind."""
+    monkeypatch.setenv("SENSORMAIL_WORKERS", "2")
+    sensors = [
+        HostEntry(f"s{i:04d}", frozenset({"sensors"}), {"sensormail_sender": f"s{i:04d}@f.example"})
+        for i in range(store_module.PARALLEL_FROM + 100)
+    ]
+    gateway = entries("gw", gw={"sensormail_vpn_subnet": "10.80.0.0/20"})
+    store = Store(tmp_path / "pki")
+    creds = store.sync(build_fleet(gateway + sensors))
+    records = store.load_registry()
+    assert len(records) == len(sensors) + 1
+    assert len({r.address for r in records.values()}) == len(records)
+    assert len({r.wg_public for r in records.values()}) == len(records)
+    for name in ("s0000", "s0555", f"s{len(sensors) - 1:04d}"):
+        cert = x509.load_pem_x509_certificate(creds[name].cert_chain_pem)
+        key = serialization.load_pem_private_key(creds[name].key_pem(), None)
+        assert pki.key_matches(cert, key)
+        assert pki.fingerprint(cert) == records[name].cert_sha256
+        assert (store.host_dir(name) / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert not list(store.path.rglob("*.new"))
+    before = _snapshot(store.path)
+    store.sync(build_fleet(gateway + sensors))
+    assert _snapshot(store.path) == before
