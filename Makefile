@@ -7,7 +7,7 @@ PYINFRA := $(VENV)/bin/pyinfra
 # debootstrap (lab image), python3-venv (the venv), openssl (certificate checks in tests), easy-rsa (bench).
 APT_PACKAGES := python3-venv podman runc netavark aardvark-dns iptables debootstrap openssh-client openssl easy-rsa make git
 
-.PHONY: deps apt venv lab lab-down deploy demo test test-unit test-lab lint fmt
+.PHONY: deps apt venv lab lab-down deploy demo test test-unit test-lab lint fmt bench-pki
 
 deps: apt venv
 
@@ -59,3 +59,7 @@ lint: venv
 fmt: venv
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+# PKI benchmark: pki sync for 10,000 sensors vs easy-rsa; prints figures, asserts nothing.
+bench-pki: deps
+	$(PY) bench/bench_pki.py

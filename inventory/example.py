@@ -20,6 +20,15 @@ _fleet = {
     "sensormail_submission_port": 465,
     # Lab conveniences (the CA passphrase kept in the store): never on real hosts.
     "sensormail_lab": False,
+    # Lifetimes in days: the root is the long-lived trust anchor on every host,
+    # the issuing CA signs hosts, host certificates are renewed automatically.
+    "sensormail_root_days": 3650,
+    "sensormail_issuing_days": 1825,
+    "sensormail_cert_days": 365,
+    # The CRL's validity; it is re-issued by runs well before it lapses.
+    "sensormail_crl_days": 30,
+    # Renew anything past this fraction of its lifetime, on every run.
+    "sensormail_renew_after": 2 / 3,
 }
 
 gateway = [

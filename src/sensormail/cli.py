@@ -96,11 +96,12 @@ def pki_sync(args: argparse.Namespace) -> int:
         print(f"sensormail: no inventory file {path}", file=sys.stderr)
         return 2
     override = {"rotate": args.rotate} if args.rotate else {}
-    hosts = inventory.load(path, override)
-    fleet = build_fleet(inventory.entries(hosts))
-    store = _store(args)
     started = time.monotonic()
-    creds = store.sync(fleet, rotate=inventory.rotation(hosts), progress=_progress(started))
+    hosts = inventory.read(path, override)
+    fleet = build_fleet(entry for entry, _ in hosts)
+    store = _store(args)
+    rotate = inventory.rotation(data for _, data in hosts)
+    creds = store.sync(fleet, rotate=rotate, progress=_progress(started))
     print(
         f"sensormail: {len(creds.hosts)} hosts in sync in {store.path} "
         f"({time.monotonic() - started:.2f}s)",

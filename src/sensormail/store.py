@@ -15,12 +15,11 @@ import datetime as dt
 import fcntl
 import ipaddress
 import json
-import multiprocessing as mp
 import os
+import pickle
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -706,7 +705,12 @@ PARALLEL_FROM = 1000
 
 
 def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
-    """Each job's result, in order; across CPU cores when there are many."""
+    """Each job's result; across CPU cores when there are many.
+
+    Plain fork, no executor: pyinfra's gevent patches threading, which the
+    standard pools rely on. Each child takes a slice, stages its files, and
+    leaves its results in a file; the parent works the first slice itself.
+    """
     global _context
     workers = int(os.environ.get("SENSORMAIL_WORKERS", os.cpu_count() or 1))
     _context = context
@@ -714,9 +718,30 @@ def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
         if len(jobs) < PARALLEL_FROM or workers < 2:
             yield from map(_work, jobs)
             return
-        chunk = max(64, len(jobs) // (workers * 8))
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            yield from pool.map(_work, jobs, chunksize=chunk)
+        slices = [jobs[i::workers] for i in range(workers)]
+        children: dict[int, Path] = {}
+        for number, part in enumerate(slices[1:], 1):
+            out = context.root / f".worker-{number}.pickle"
+            pid = os.fork()
+            if pid == 0:  # the child: work, write results, leave without cleanup
+                status = 1
+                try:
+                    _create(out, pickle.dumps([_work(job) for job in part]), 0o600)
+                    status = 0
+                finally:
+                    os._exit(status)
+            children[pid] = out
+        yield from map(_work, slices[0])
+        failed = []
+        for pid, out in children.items():
+            _, status = os.waitpid(pid, 0)
+            if status != 0 or not out.exists():
+                failed.append(pid)
+                continue
+            yield from pickle.loads(out.read_bytes())
+            out.unlink()
+        if failed:
+            raise StoreError(f"{len(failed)} worker process(es) failed; nothing was changed")
     finally:
         _context = None
 

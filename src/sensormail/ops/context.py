@@ -24,7 +24,7 @@ def fleet_and_credentials() -> tuple[Fleet, Credentials]:
     if key not in _cache:
         hosts = list(inventory)
         fleet = build_fleet(inventory_adapter.entries(hosts))
-        rotate = inventory_adapter.rotation(hosts)
+        rotate = inventory_adapter.rotation(h.data.dict() for h in hosts)
         active = {h.name for h in inventory.iter_activated_hosts()}
         if rotate and fleet.gateway.name not in active:
             # New keys the gateway does not know would lock the sensors out.
