@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,22 +23,23 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.ssh_config = str(lab.lab_dir() / "ssh_config")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(Path(item.path).is_relative_to(d) for d in LAB_DIRS):
             item.add_marker(pytest.mark.lab)
-            item.add_marker(pytest.mark.usefixtures("deployed_lab"))
 
 
 @dataclass
 class Lab:
     pki_dir: Path
 
-    def deploy(self) -> subprocess.CompletedProcess:
+    def deploy(self, *extra: str) -> subprocess.CompletedProcess:
         """Run `pyinfra inventory/lab.py deploy.py`, as an operator would."""
         env = dict(os.environ, SENSORMAIL_PKI_DIR=str(self.pki_dir))
+        pyinfra = str(Path(sys.executable).parent / "pyinfra")
         return subprocess.run(
-            [str(Path(sys.executable).parent / "pyinfra"), "-y", "inventory/lab.py", "deploy.py"],
+            [pyinfra, "-y", "inventory/lab.py", "deploy.py", *extra],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -45,6 +47,17 @@ class Lab:
         )
 
     ssh = staticmethod(lab.ssh)
+
+    def sensormail(self, *args: str) -> subprocess.CompletedProcess:
+        """The `sensormail` CLI on this lab's store."""
+        env = dict(os.environ, SENSORMAIL_PKI_DIR=str(self.pki_dir))
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "sensormail"), *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +71,4 @@ def deployed_lab(tmp_path_factory: pytest.TempPathFactory):
     yield the_lab
     if os.environ.get("SENSORMAIL_KEEP_LAB") != "1":
         lab.down()
+        shutil.rmtree(the_lab.pki_dir)  # a lab CA, but a CA: leave none behind

@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 
 def _store(args: argparse.Namespace) -> Store:
-    hint = Path(args.inventory).parent if getattr(args, "inventory", None) else None
+    hint = Path(args.inventory).resolve().parent if getattr(args, "inventory", None) else None
     return Store(default_dir(hint))
 
 

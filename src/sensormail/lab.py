@@ -211,6 +211,7 @@ def up() -> None:
     key = _ensure_ssh_key(directory)
     pubkey = (directory / "id_ed25519.pub").read_text().strip()
     # Containers left by an earlier run (or half torn down) are replaced.
+    _end_ssh_sharing(directory)
     for host in HOSTS:
         _podman("rm", "-f", "-t", "0", host.name, check=False)
     _ensure_network()
@@ -271,6 +272,16 @@ def up() -> None:
     _log("up: " + ", ".join(f"{h.name}={h.address}" for h in HOSTS))
 
 
+def _end_ssh_sharing(directory: Path) -> None:
+    """Stop SSH connection-sharing masters: their hosts are about to be replaced."""
+    config = directory / "ssh_config"
+    for host in HOSTS:
+        if config.exists():
+            subprocess.run(["ssh", "-F", str(config), "-O", "exit", host.name], capture_output=True)
+    for socket in directory.glob("cm-*"):
+        socket.unlink(missing_ok=True)
+
+
 def ssh(host: str, command: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run a command on a lab host over SSH (as the deploy reaches it)."""
     return subprocess.run(
@@ -287,7 +298,10 @@ def down() -> None:
     directory = lab_dir()
     directory.mkdir(mode=0o700, exist_ok=True)
     (directory / "containers.conf").write_text(CONTAINERS_CONF)
+    config = directory / "ssh_config"
     for host in HOSTS:
+        if config.exists():  # end SSH connection sharing before its host goes
+            subprocess.run(["ssh", "-F", str(config), "-O", "exit", host.name], capture_output=True)
         _podman("rm", "-f", "-t", "0", host.name, check=False)
     _podman("network", "rm", "-f", NETWORK, check=False)
     for socket in directory.glob("cm-*"):

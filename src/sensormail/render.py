@@ -180,6 +180,7 @@ def sensor_files(fleet: Fleet, creds: Credentials, name: str) -> list[HostFile]:
         cert_file=f"{SENSOR_DIR}/cert.pem",
         key_file=f"{SENSOR_PRIVATE}/key.pem",
         spool_dir=SPOOL_DIR,
+        interface=WG_INTERFACE,
     )
     return [
         HostFile(

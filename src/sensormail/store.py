@@ -52,16 +52,18 @@ class StoreError(RuntimeError):
     """The store cannot be used as it is; the message says what to do."""
 
 
-def default_dir(hint: Path | None = None) -> Path:
-    """$SENSORMAIL_PKI_DIR, else `pki/` of the project around `hint` or the working directory.
+def default_dir(*hints: Path | None) -> Path:
+    """$SENSORMAIL_PKI_DIR, else `pki/` of the project around a hint or the working directory.
 
-    The project is the nearest directory holding `deploy.py` and `inventory/`,
-    so every command finds the same store from any working directory inside it.
+    The project is the nearest directory holding `deploy.py` and `inventory/`
+    (looking up from each hint, e.g. the deploy file's or the inventory's
+    directory, then from the working directory), so every command finds the
+    same store wherever it is run from.
     """
     env = os.environ.get("SENSORMAIL_PKI_DIR")
     if env:
         return Path(env).resolve()
-    for start in (hint, Path.cwd()):
+    for start in (*hints, Path.cwd()):
         if start is None:
             continue
         start = start.resolve()
@@ -227,6 +229,11 @@ class _Batch:
         tmp = f"{final[:slash]}.{final[slash:]}.new"
         _create(Path(tmp), data, mode)
         self.moves.append((tmp[self._prefix :], final[self._prefix :]))
+
+    def discard(self) -> None:
+        for tmp, _ in self.moves:
+            (self.root / tmp).unlink(missing_ok=True)
+        self.moves.clear()
 
     def commit(self) -> None:
         if not self.moves:
@@ -459,8 +466,11 @@ class Store:
         now: dt.datetime | None = None,
         rotate: frozenset[str] | set[str] = frozenset(),
         progress: Progress | None = None,
+        dry_run: bool = False,
     ) -> Credentials:
         """Ensure every credential of the fleet exists and is current.
+
+        With `dry_run`, nothing is changed: if anything would be, StoreError.
 
         `rotate` names hosts (or "all") whose keys are replaced now; their old
         certificates go on the CRL as superseded, and a revoked host named here
@@ -515,6 +525,14 @@ class Store:
             after = self._registry_bytes(records, revoked)
             if after != before:
                 batch.write(self.registry_path, after, 0o644)
+            if dry_run and batch.moves:
+                changes = len(batch.moves)
+                batch.discard()
+                raise StoreError(
+                    f"{self.path}: {changes} file(s) of the store would change (new or renewed "
+                    "credentials); a dry run changes nothing: apply them first with "
+                    "`sensormail pki sync -i INVENTORY`"
+                )
             batch.commit()
             return Credentials(
                 root.cert.public_bytes(serialization.Encoding.PEM),

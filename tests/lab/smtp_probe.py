@@ -18,6 +18,7 @@ agent = importlib.util.module_from_spec(spec)
 loader.exec_module(agent)
 
 mode, sender = sys.argv[1], sys.argv[2]
+timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 20
 context = ssl.create_default_context(cafile=agent.CA_FILE)
 if mode in ("cert", "wrongname"):
     context.load_cert_chain(agent.CERT_FILE, agent.KEY_FILE)
@@ -32,7 +33,7 @@ elif mode in ("selfsigned", "unlisted"):
         context.load_cert_chain(pem.name)
 try:
     with agent._GatewaySMTP(agent.GATEWAY_ADDRESS, agent.PORT, local_hostname="probe.invalid",
-                            context=context, timeout=20) as smtp:  # fmt: skip
+                            context=context, timeout=timeout) as smtp:  # fmt: skip
         code, _ = smtp.mail(sender)
         if code >= 400:
             print(f"MAIL {code}")

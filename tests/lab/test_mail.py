@@ -51,6 +51,9 @@ def delivered(deployed_lab) -> dict[str, email.message.EmailMessage]:
         message = (
             f"To: {RECIPIENT}\n"
             f"From: somebody-else@example.org\n"
+            # With any Resent-* header Postfix would add Resent-* lines instead of From.
+            f"Resent-From: {SENSORS['sensor-2']}\n"
+            f"Sender: {SENSORS['sensor-2']}\n"
             f"Subject: reading {tokens[sensor]}\n\n"
             f"temperature 21.5 token {tokens[sensor]}\n"
         )
@@ -62,8 +65,12 @@ def delivered(deployed_lab) -> dict[str, email.message.EmailMessage]:
 
 @pytest.mark.parametrize("sensor", sorted(SENSORS))
 def test_message_arrives_with_the_sensors_own_from(delivered, sensor):
+    """Guards against a sensor choosing its From (or Resent-From, Sender) itself."""
     message = delivered[sensor]
     assert message["From"].addresses[0].addr_spec == SENSORS[sensor]
+    assert len(message.get_all("From")) == 1
+    for forged in ("Resent-From", "Resent-Sender", "Sender"):
+        assert forged not in message, message[forged]
     assert message["Return-Path"] == f"<{SENSORS[sensor]}>"
 
 
@@ -112,32 +119,36 @@ def _selfsigned_pem() -> str:
 def _unlisted_fleet_pem(the_lab) -> str:
     """A valid certificate of the fleet's issuing CA whose fingerprint the gateway does not list."""
     store = Store(the_lab.pki_dir)
-    _, issuing = store._load_or_create_ca(store.passphrase(lab=True))
+    issuing = pki.CA(
+        pki.load_cert((store.ca_dir / "issuing.crt").read_bytes()),
+        store._load_key(store.ca_dir / "issuing.key", store.passphrase(lab=True)),
+    )
     issued = issuing.issue("sensor-1", pki.Purpose.CLIENT, 1)
     chain = issued.cert_pem + issuing.cert.public_bytes(serialization.Encoding.PEM)
     return (chain + issued.key_pem()).decode()
 
 
-def _probe(the_lab, sensor: str, mode: str, sender: str) -> str:
+def probe(the_lab, sensor: str, mode: str, sender: str, timeout: float = 20) -> str:
+    """One MAIL+RCPT from a sensor by hand; returns e.g. "RCPT 250" or "ERROR …"."""
     pem = _unlisted_fleet_pem(the_lab) if mode == "unlisted" else _selfsigned_pem()
     script = f"SELFSIGNED_PEM = {pem!r}\n" + PROBE
-    result = the_lab.ssh(sensor, f"python3 - {mode} {sender}", stdin=script)
+    result = the_lab.ssh(sensor, f"python3 - {mode} {sender} {timeout}", stdin=script)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
 def test_sensor_with_its_own_certificate_may_send_as_itself(deployed_lab):
-    assert _probe(deployed_lab, "sensor-1", "cert", SENSORS["sensor-1"]) == "RCPT 250"
+    assert probe(deployed_lab, "sensor-1", "cert", SENSORS["sensor-1"]) == "RCPT 250"
 
 
 def test_agent_checks_the_gateways_name(deployed_lab):
-    outcome = _probe(deployed_lab, "sensor-1", "wrongname", SENSORS["sensor-1"])
+    outcome = probe(deployed_lab, "sensor-1", "wrongname", SENSORS["sensor-1"])
     assert outcome.startswith("ERROR SSLCertVerificationError"), outcome
     assert "impostor.lab.example" in outcome
 
 
 def test_sensor_cannot_send_as_another_sensor(deployed_lab):
-    outcome = _probe(deployed_lab, "sensor-1", "cert", SENSORS["sensor-2"])
+    outcome = probe(deployed_lab, "sensor-1", "cert", SENSORS["sensor-2"])
     assert re.fullmatch(r"(MAIL|RCPT) 5\d\d", outcome), outcome
 
 
@@ -151,7 +162,7 @@ def test_agent_refuses_a_foreign_envelope_sender(deployed_lab):
 
 @pytest.mark.parametrize("mode", ["nocert", "selfsigned", "unlisted"])
 def test_client_without_a_fleet_certificate_is_refused(deployed_lab, mode):
-    outcome = _probe(deployed_lab, "sensor-1", mode, SENSORS["sensor-1"])
+    outcome = probe(deployed_lab, "sensor-1", mode, SENSORS["sensor-1"])
     assert not outcome.startswith("RCPT 2"), outcome
     assert re.match(r"(ERROR|MAIL [45]|RCPT [45])", outcome), outcome
 

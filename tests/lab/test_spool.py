@@ -1,5 +1,7 @@
 """The agent's spool: mail written while the gateway is away is sent later, none lost."""
 
+import base64
+import json
 import secrets
 import time
 
@@ -22,8 +24,12 @@ def tunnel_down(deployed_lab):
         deployed_lab.ssh("sensor-2", "systemctl start wg-quick@sensormail")
 
 
+def _spooled_on(the_lab, sensor: str) -> list[str]:
+    return the_lab.ssh(sensor, f"ls {SPOOL}").stdout.split()
+
+
 def _spooled(the_lab) -> list[str]:
-    return the_lab.ssh("sensor-2", f"ls {SPOOL}").stdout.split()
+    return _spooled_on(the_lab, "sensor-2")
 
 
 def test_mail_sent_while_the_gateway_is_unreachable_is_delivered_later(deployed_lab, tunnel_down):
@@ -32,6 +38,8 @@ def test_mail_sent_while_the_gateway_is_unreachable_is_delivered_later(deployed_
     # Like sendmail: accepted into the queue is success; the agent says it queued.
     assert sent.returncode == 0, sent.stderr
     assert "queued" in sent.stderr
+    # ...without trying the LAN route to the gateway's address instead of the tunnel.
+    assert "the tunnel sensormail is down" in sent.stderr, sent.stderr
     spooled = _spooled(deployed_lab)
     assert len(spooled) == 1 and spooled[0].endswith(".json")
     mode = deployed_lab.ssh("sensor-2", f"stat -c %a {SPOOL}/{spooled[0]}").stdout.strip()
@@ -51,4 +59,26 @@ def test_mail_sent_while_the_gateway_is_unreachable_is_delivered_later(deployed_
     deadline = time.monotonic() + 30
     while not deployed_lab.ssh("mx", f"grep -rl -- {token} {lab.MAILDIR}/new/").stdout.strip():
         assert time.monotonic() < deadline, "the spooled message did not arrive"
+        time.sleep(0.5)
+
+
+def test_an_unreadable_spool_file_does_not_hold_up_the_rest(deployed_lab):
+    token = secrets.token_hex(8)
+    message = f"To: {RECIPIENT}\nSubject: after junk {token}\n\n{token}\n"
+    # A message spooled behind the junk, as a failed send would have left it.
+    item = {"rcpts": [RECIPIENT], "data": base64.b64encode(message.encode()).decode()}
+    junk = deployed_lab.ssh(
+        "sensor-1", f"mkdir -p {SPOOL} && printf '{{not json' > {SPOOL}/000-junk.json"
+    )
+    assert junk.returncode == 0
+    spooled = deployed_lab.ssh("sensor-1", f"cat > {SPOOL}/001-mail.json", stdin=json.dumps(item))
+    assert spooled.returncode == 0
+    flush = deployed_lab.ssh("sensor-1", "sensormail-send -q")
+    assert flush.returncode == 65, flush.stderr  # EX_DATAERR: something was set aside
+    assert "000-junk.json: moved to" in flush.stderr
+    assert deployed_lab.ssh("sensor-1", f"ls {SPOOL}/failed").stdout.split() == ["000-junk.json"]
+    assert _spooled_on(deployed_lab, "sensor-1") == ["failed"]
+    deadline = time.monotonic() + 30
+    while not deployed_lab.ssh("mx", f"grep -rl -- {token} {lab.MAILDIR}/new/").stdout.strip():
+        assert time.monotonic() < deadline, "the message behind the junk did not arrive"
         time.sleep(0.5)

@@ -7,11 +7,14 @@ which hosts a run touches.
 
 from __future__ import annotations
 
-from pyinfra import inventory
+import sys
+from pathlib import Path
+
+from pyinfra import inventory, state
 
 from .. import inventory as inventory_adapter
 from ..fleet import Fleet, build_fleet
-from ..store import Credentials, Store, StoreError
+from ..store import Credentials, Store, StoreError, default_dir
 
 __all__ = ["fleet_and_credentials"]
 
@@ -32,5 +35,9 @@ def fleet_and_credentials() -> tuple[Fleet, Credentials]:
                 f"rotate: the gateway {fleet.gateway.name!r} must be part of a run that "
                 "rotates keys (drop --limit or include it)"
             )
-        _cache[key] = (fleet, Store().sync(fleet, rotate=rotate))
+        # The store belongs to the project of the deploy file, wherever pyinfra runs from.
+        deploy_file = state.current_deploy_filename or state.current_exec_filename
+        store = Store(default_dir(Path(deploy_file).parent if deploy_file else None))
+        dry = "--dry" in sys.argv  # pyinfra runs deploy files the same way for a dry run
+        _cache[key] = (fleet, store.sync(fleet, rotate=rotate, dry_run=dry))
     return _cache[key]

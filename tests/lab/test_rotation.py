@@ -1,0 +1,65 @@
+"""Revocation and rotation through a deploy: one registry change, applied to every layer."""
+
+from __future__ import annotations
+
+import json
+
+from test_mail import SENSORS, probe
+
+
+def _registry(the_lab) -> dict:
+    return json.loads((the_lab.pki_dir / "registry.json").read_text())
+
+
+def _gateway_state(the_lab) -> tuple[str, str]:
+    peers = the_lab.ssh("gateway", "wg show sensormail allowed-ips").stdout
+    ccert = the_lab.ssh("gateway", "cat /etc/postfix/sensormail/ccert_access").stdout
+    return peers, ccert
+
+
+def test_revoked_sensor_is_cut_off_and_rotation_readmits_it(deployed_lab):
+    before = _registry(deployed_lab)["hosts"]["sensor-2"]
+    revoked = deployed_lab.sensormail("pki", "revoke", "sensor-2")
+    assert revoked.returncode == 0, revoked.stderr
+    deployed = deployed_lab.deploy()
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+
+    peers, ccert = _gateway_state(deployed_lab)
+    assert before["address"] not in peers and before["wg_public"] not in peers
+    assert before["cert_sha256"] not in ccert
+    assert "RCPT 250" == probe(deployed_lab, "sensor-1", "cert", SENSORS["sensor-1"])
+    assert probe(deployed_lab, "sensor-2", "cert", SENSORS["sensor-2"], timeout=5).startswith(
+        "ERROR"
+    )
+    crl = deployed_lab.ssh("gateway", "true")  # the CRL lives in the store:
+    assert crl.returncode == 0
+    listed = deployed_lab.sensormail("pki", "status")
+    assert "revoked" in next(line for line in listed.stdout.splitlines() if "sensor-2" in line)
+
+    rotated = deployed_lab.deploy("--data", "rotate=sensor-2")
+    assert rotated.returncode == 0, rotated.stderr[-3000:]
+    after = _registry(deployed_lab)["hosts"]["sensor-2"]
+    assert not after["revoked"]
+    assert after["address"] == before["address"]
+    assert after["wg_public"] != before["wg_public"]
+    assert after["cert_sha256"] != before["cert_sha256"]
+    peers, ccert = _gateway_state(deployed_lab)
+    assert after["wg_public"] in peers and after["cert_sha256"] in ccert
+    assert probe(deployed_lab, "sensor-2", "cert", SENSORS["sensor-2"]) == "RCPT 250"
+
+
+def test_limited_deploy_changes_nothing_in_the_store(deployed_lab):
+    before = (deployed_lab.pki_dir / "registry.json").read_bytes()
+    result = deployed_lab.deploy("--limit", "sensor-1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (deployed_lab.pki_dir / "registry.json").read_bytes() == before
+    total = next(line for line in result.stderr.splitlines() if "Grand total" in line)
+    assert total.split()[-3:-1] == ["-", "-"], total  # no success (= change), no error
+
+
+def test_rotation_without_the_gateway_is_refused(deployed_lab):
+    before = (deployed_lab.pki_dir / "registry.json").read_bytes()
+    result = deployed_lab.deploy("--limit", "sensor-1", "--data", "rotate=sensor-1")
+    assert result.returncode != 0
+    assert "must be part of a run that rotates keys" in result.stderr
+    assert (deployed_lab.pki_dir / "registry.json").read_bytes() == before
