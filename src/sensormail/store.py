@@ -325,7 +325,7 @@ class Store:
                 directory.mkdir(mode=0o700, exist_ok=True)
 
     # -- CA passphrase -------------------------------------------------------
-    def passphrase(self, lab: bool) -> bytes:
+    def passphrase(self, lab: bool, create: bool = True) -> bytes:
         value = os.environ.get("SENSORMAIL_CA_PASSPHRASE")
         if value:
             return value.encode()
@@ -344,6 +344,8 @@ class Store:
             # Lab only: the passphrase lives next to the key it protects.
             path = self.path / "lab-passphrase"
             if not path.exists():
+                if not create:
+                    raise StoreError(f"{self.path}: a new lab store would be created")
                 write_atomic(path, secrets.token_urlsafe(24).encode() + b"\n", 0o600)
             return path.read_bytes().strip()
         raise StoreError(
@@ -481,9 +483,15 @@ class Store:
         if unknown:
             raise StoreError(f"rotate: no such host in the inventory: {', '.join(sorted(unknown))}")
         rotate = set(fleet.hosts) if "all" in rotate else set(rotate)
+        if dry_run and not (self.ca_dir / "root.crt").exists():
+            raise StoreError(
+                f"{self.path}: no store here yet; a dry run creates none "
+                "(`sensormail pki sync -i INVENTORY` makes it)"
+            )
         with self.locked():
             batch = _Batch(self.path)
-            root, issuing = self._ensure_ca(fleet, self.passphrase(fleet.lab), now, batch)
+            passphrase = self.passphrase(fleet.lab, create=not dry_run)
+            root, issuing = self._ensure_ca(fleet, passphrase, now, batch)
             records, revoked = self.load()
             before = self.registry_path.read_bytes() if self.registry_path.exists() else b""
             addresses = self._allocate(fleet, records, now)

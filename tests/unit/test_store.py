@@ -14,7 +14,7 @@ from sample import entries
 from sensormail import pki
 from sensormail import store as store_module
 from sensormail.fleet import HostEntry, build_fleet
-from sensormail.store import Store, StoreError
+from sensormail.store import Store, StoreError, default_dir
 
 
 @pytest.fixture
@@ -170,3 +170,38 @@ def test_a_large_fleet_is_issued_across_workers(tmp_path, passphrase, monkeypatc
     before = _snapshot(store.path)
     store.sync(build_fleet(gateway + sensors))
     assert _snapshot(store.path) == before
+
+
+def test_a_dry_run_changes_nothing(tmp_path, passphrase):
+    store = Store(tmp_path / "pki")
+    fleet = build_fleet(entries())
+    with pytest.raises(StoreError, match="a dry run creates none"):
+        store.sync(fleet, dry_run=True)
+    assert not store.path.exists()
+    store.sync(fleet)
+    before = _snapshot(store.path)
+    store.sync(fleet, dry_run=True)  # nothing due: fine
+    with pytest.raises(StoreError, match="would change"):
+        store.sync(build_fleet(entries(gw={"sensormail_mail_name": "new.fleet.example"})),
+                   dry_run=True)  # fmt: skip
+    with pytest.raises(StoreError, match="would change"):
+        store.sync(fleet, rotate={"temp-1"}, dry_run=True)
+    assert _snapshot(store.path) == before
+    assert not list(store.path.rglob("*.new"))
+
+
+def test_the_store_belongs_to_the_project_wherever_the_command_runs(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "inventory").mkdir(parents=True)
+    (project / "deploy.py").write_text("")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.delenv("SENSORMAIL_PKI_DIR", raising=False)
+    monkeypatch.chdir(elsewhere)
+    assert default_dir(project) == project / "pki"
+    assert default_dir(project / "inventory") == project / "pki"
+    assert default_dir() == elsewhere / "pki"  # no project anywhere: the working directory
+    monkeypatch.chdir(project / "inventory")
+    assert default_dir() == project / "pki"
+    monkeypatch.setenv("SENSORMAIL_PKI_DIR", str(tmp_path / "chosen"))
+    assert default_dir(project) == tmp_path / "chosen"

@@ -1,0 +1,55 @@
+"""What an operator sees: no secret in pyinfra's output, dry runs that change nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_diff_shows_no_secret_and_a_dry_run_changes_nothing(deployed_lab, tmp_path):
+    """Guards against `pyinfra --diff` printing WireGuard or TLS private keys."""
+    tamper = (
+        "sed -i 's/^PrivateKey = .*/PrivateKey = AAAA/' /etc/wireguard/sensormail.conf && "
+        "echo tampered >> /etc/sensormail/private/key.pem"
+    )
+    assert deployed_lab.ssh("sensor-1", tamper).returncode == 0
+    secrets = [
+        (deployed_lab.pki_dir / "hosts" / "sensor-1" / "wg.key").read_text().strip(),
+        *(deployed_lab.pki_dir / "hosts" / "sensor-1" / "key.pem").read_text().splitlines()[1:-1],
+    ]
+    store_before = {
+        p: p.read_bytes() for p in deployed_lab.pki_dir.rglob("*") if p.name != ".lock"
+        if p.is_file()
+    }  # fmt: skip
+    # From another working directory, with absolute paths, as an operator might.
+    dry = subprocess.run(
+        [str(Path(sys.executable).parent / "pyinfra"), "--dry", "--diff",
+         str(ROOT / "inventory" / "lab.py"), str(ROOT / "deploy.py")],
+        cwd=tmp_path, capture_output=True, text=True,
+        env=dict(os.environ, SENSORMAIL_PKI_DIR=str(deployed_lab.pki_dir)),
+    )  # fmt: skip
+    output = dry.stdout + dry.stderr
+    assert dry.returncode == 0, output[-3000:]
+    assert "/etc/wireguard/sensormail.conf" in output  # the change is reported...
+    assert "PRIVATE KEY" not in output  # ...by path only
+    for secret in secrets:
+        assert secret not in output
+    assert not (tmp_path / "pki").exists()
+    assert {
+        p: p.read_bytes() for p in deployed_lab.pki_dir.rglob("*") if p.name != ".lock"
+        if p.is_file()
+    } == store_before  # fmt: skip
+    still = deployed_lab.ssh(
+        "sensor-1", "grep -c '^PrivateKey = AAAA' /etc/wireguard/sensormail.conf"
+    )
+    assert still.stdout.strip() == "1"  # a dry run touched no host
+
+    repaired = deployed_lab.deploy()
+    assert repaired.returncode == 0, repaired.stderr[-3000:]
+    check = deployed_lab.ssh("sensor-1", "grep -c tampered /etc/sensormail/private/key.pem")
+    assert check.stdout.strip() == "0"
+    assert deployed_lab.ssh("sensor-1", "wg show sensormail latest-handshakes").returncode == 0
