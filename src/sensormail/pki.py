@@ -11,6 +11,7 @@ import datetime as dt
 import ipaddress
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,11 +24,13 @@ __all__ = [
     "Purpose",
     "WireGuardKeys",
     "authority_key_id",
+    "bundle",
     "fingerprint",
     "key_matches",
     "load_cert",
     "new_key",
     "private_pem",
+    "unbundle",
     "wireguard_keys",
 ]
 
@@ -99,6 +102,25 @@ def wireguard_public(private: str) -> str:
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 of the DER certificate, as Postfix prints it (AB:CD:…)."""
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+_WG_BEGIN = b"-----BEGIN WIREGUARD PRIVATE KEY-----\n"
+_WG_END = b"-----END WIREGUARD PRIVATE KEY-----\n"
+_KEY_BEGIN = b"-----BEGIN PRIVATE KEY-----\n"
+
+
+def bundle(chain_pem: bytes, key_pem: bytes, wg_private: str) -> bytes:
+    """One host's credentials in one PEM file: certificate chain, TLS key, WireGuard key."""
+    return chain_pem + key_pem + _WG_BEGIN + wg_private.encode() + b"\n" + _WG_END
+
+
+def unbundle(data: bytes) -> tuple[bytes, bytes, str]:
+    """The parts of a `bundle`: (chain PEM, key PEM, WireGuard private key); ValueError if torn."""
+    key_at, wg_at = data.find(_KEY_BEGIN), data.find(_WG_BEGIN)
+    if not 0 < key_at < wg_at or not data.endswith(_WG_END):
+        raise ValueError("not a complete sensormail host bundle")
+    wg = data[wg_at + len(_WG_BEGIN) : -len(_WG_END)].decode().strip()
+    return data[:key_at], data[key_at:wg_at], wg
 
 
 def load_cert(pem: bytes) -> x509.Certificate:
@@ -196,8 +218,12 @@ class CA:
             )
         return builder.sign(self.key, hashes.SHA256())
 
-    def key_identifier(self) -> bytes:
+    @cached_property
+    def _key_id(self) -> bytes:
         return self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+
+    def key_identifier(self) -> bytes:
+        return self._key_id
 
     def issue(
         self,
@@ -212,24 +238,11 @@ class CA:
     ) -> Issued:
         key = key or new_key()
         builder = self._builder(_name(common_name), self.cert.subject, key, days, now)
-        builder = self._with_aki(builder)
         builder = (
-            builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([purpose.value]), critical=False)
+            self._with_aki(builder)
+            .add_extension(_LEAF_CONSTRAINTS, critical=True)
+            .add_extension(_LEAF_USAGE, critical=True)
+            .add_extension(_EKU[purpose], critical=False)
         )
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
@@ -237,11 +250,13 @@ class CA:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return Issued(builder.sign(self.key, hashes.SHA256()), key)
 
-    def _with_aki(self, builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    @cached_property
+    def _aki(self) -> x509.AuthorityKeyIdentifier:
         ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+    def _with_aki(self, builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+        return builder.add_extension(self._aki, critical=False)
 
     @staticmethod
     def _builder(
@@ -262,6 +277,22 @@ class CA:
             .not_valid_after(start + dt.timedelta(days=days))
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         )
+
+
+# The same for every leaf: built once.
+_LEAF_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+_EKU = {p: x509.ExtendedKeyUsage([p.value]) for p in Purpose}
 
 
 def _ca_usage() -> x509.KeyUsage:

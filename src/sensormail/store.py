@@ -112,10 +112,10 @@ class Revocation:
 
 @dataclass(frozen=True)
 class HostCredentials:
+    """A host's record and its bundle file (certificate chain, TLS key, WireGuard key)."""
+
     record: HostRecord
-    cert_path: Path  # leaf + issuing CA
-    key_path: Path
-    wg_private_path: Path
+    path: Path
 
     @property
     def name(self) -> str:
@@ -125,19 +125,25 @@ class HostCredentials:
     def revoked(self) -> bool:
         return bool(self.record.revoked)
 
-    @property
-    def paths(self) -> tuple[Path, Path, Path]:
-        return self.cert_path, self.key_path, self.wg_private_path
+    def _parts(self) -> tuple[bytes, bytes, str]:
+        try:
+            return pki.unbundle(self.path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"host {self.record.name!r}: {self.path} is unusable ({exc}); restore it from "
+                f"a backup, or give the host new keys (--data rotate={self.record.name})"
+            ) from None
 
     @property
     def cert_chain_pem(self) -> bytes:
-        return self.cert_path.read_bytes()
+        """The host's certificate followed by the issuing CA's."""
+        return self._parts()[0]
 
     def key_pem(self) -> bytes:
-        return self.key_path.read_bytes()
+        return self._parts()[1]
 
     def wg_private(self) -> str:
-        return self.wg_private_path.read_text().strip()
+        return self._parts()[2]
 
 
 @dataclass(frozen=True)
@@ -177,8 +183,11 @@ def _syncfs(path: Path) -> None:
 
 def _create(path: Path, data: bytes, mode: int) -> None:
     """Create path with its final mode from the first byte on (no chmod afterwards)."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:  # left by an interrupted run: never reuse its mode
+        os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)
         while view:
@@ -287,8 +296,9 @@ class Store:
     def ca_dir(self) -> Path:
         return self.path / "ca"
 
-    def host_dir(self, name: str) -> Path:
-        return self.path / "hosts" / name
+    def host_file(self, name: str) -> Path:
+        """The host's bundle: certificate chain, TLS key and WireGuard key in one file."""
+        return self.path / "hosts" / f"{name}.pem"
 
     # -- locking -------------------------------------------------------------
     @contextmanager
@@ -502,13 +512,7 @@ class Store:
             jobs: list[_Job] = []
             for name in fleet.hosts:
                 want, rec = self._want(fleet, name, addresses), records.get(name)
-                directory = self.host_dir(name)
-                hosts[name] = HostCredentials(
-                    rec,  # type: ignore[arg-type]  # filled in below for jobs
-                    directory / "cert.pem",
-                    directory / "key.pem",
-                    directory / "wg.key",
-                )
+                hosts[name] = HostCredentials(rec, self.host_file(name))  # type: ignore[arg-type]
                 if rec and rec.revoked and name not in rotate:
                     continue  # cut off: no renewal, nothing new until rotated
                 if (
@@ -516,7 +520,7 @@ class Store:
                     and name not in rotate
                     and self._matches(rec, want, addresses[name], issuer_id)
                     and not rec.due(now, renew_after)
-                    and all(p.exists() for p in (*hosts[name].paths,))
+                    and hosts[name].path.exists()
                 ):
                     continue  # the common case on a rerun: nothing to read or write
                 jobs.append(_Job(name, want, addresses[name], name in rotate))
@@ -773,38 +777,39 @@ def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
 
 
 def _work(job: _Job) -> _Result:
-    """Make one host's credentials current; new files are staged in its directory."""
+    """Make one host's credentials current; a changed bundle is staged in the batch."""
     ctx = _context
     assert ctx is not None
     batch = _Batch(ctx.root)
-    directory = ctx.root / "hosts" / job.name
-    wg_path, cert_path, key_path = (
-        directory / "wg.key",
-        directory / "cert.pem",
-        directory / "key.pem",
-    )
-    directory.mkdir(mode=0o700, exist_ok=True)  # hosts/ itself is made 0700 by sync
+    path = ctx.root / "hosts" / f"{job.name}.pem"
     want, now, lifetimes = job.want, ctx.now, ctx.lifetimes
     superseded = []
 
-    # WireGuard key: kept unless rotating.
-    if job.rotate or not wg_path.exists():
-        wg_private = pki.wireguard_keys().private
-        batch.write(wg_path, wg_private.encode() + b"\n", 0o600)
-    else:
-        wg_private = wg_path.read_text().strip()
-
-    cert = pki.load_cert(cert_path.read_bytes()) if cert_path.exists() else None
-    key = None
-    if key_path.exists() and not job.rotate:
-        loaded = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    cert = key = wg_private = None
+    if path.exists() and not job.rotate:
+        # Keys are kept unless rotating: a bundle that cannot be read is an
+        # error to resolve, never a reason to make new keys silently.
+        parts = HostCredentials(HostRecord(job.name, *[""] * 7), path)._parts()
+        cert = pki.load_cert(parts[0])
+        loaded = serialization.load_pem_private_key(parts[1], None)
         assert isinstance(loaded, ec.EllipticCurvePrivateKey)
-        key = loaded
+        key, wg_private = loaded, parts[2]
+    elif path.exists():  # rotating: the old certificate goes on the CRL below
+        try:
+            cert = pki.load_cert(path.read_bytes())
+        except ValueError:
+            cert = None
+    if wg_private is None:
+        wg = pki.wireguard_keys()
+        wg_private, wg_public = wg.private, wg.public
+    else:
+        wg_public = pki.wireguard_public(wg_private)
+    key = key or pki.new_key()
     # A certificate is kept only with its own key, from the current issuing CA,
     # naming what it should, and not yet due.
     keep = (
         cert is not None
-        and key is not None
+        and not job.rotate
         and pki.key_matches(cert, key)
         and pki.authority_key_id(cert) == ctx.issuing.key_identifier()
         and _names(cert) == (want.common_name, want.dns, want.ips)
@@ -814,22 +819,20 @@ def _work(job: _Job) -> _Result:
         if job.rotate and cert is not None and cert.not_valid_after_utc > now:
             serial = format(cert.serial_number, "x")
             superseded.append(Revocation(serial, job.name, now.isoformat(), "superseded"))
-        if key is None or (cert is not None and not pki.key_matches(cert, key)):
-            key = pki.new_key()
-            batch.write(key_path, pki.private_pem(key), 0o600)
         issued = ctx.issuing.issue(
             want.common_name, pki.Purpose[want.purpose], lifetimes.cert_days,
             dns=want.dns, ips=want.ips, key=key, now=now,
         )  # fmt: skip
         chain = issued.cert_pem + ctx.issuing.cert.public_bytes(serialization.Encoding.PEM)
-        batch.write(cert_path, chain, 0o644)
         cert = issued.cert
+        # Key and certificate change together, in one file: they cannot be torn apart.
+        batch.write(path, pki.bundle(chain, pki.private_pem(key), wg_private), 0o600)
     assert cert is not None
     record = HostRecord(
         name=job.name,
         role=want.role,
         address=job.address,
-        wg_public=pki.wireguard_public(wg_private),
+        wg_public=wg_public,
         cert_serial=format(cert.serial_number, "x"),
         cert_sha256=pki.fingerprint(cert),
         not_before=cert.not_valid_before_utc.isoformat(),

@@ -17,10 +17,10 @@ def test_diff_shows_no_secret_and_a_dry_run_changes_nothing(deployed_lab, tmp_pa
         "echo tampered >> /etc/sensormail/private/key.pem"
     )
     assert deployed_lab.ssh("sensor-1", tamper).returncode == 0
-    secrets = [
-        (deployed_lab.pki_dir / "hosts" / "sensor-1" / "wg.key").read_text().strip(),
-        *(deployed_lab.pki_dir / "hosts" / "sensor-1" / "key.pem").read_text().splitlines()[1:-1],
-    ]
+    bundle = (deployed_lab.pki_dir / "hosts" / "sensor-1.pem").read_text()
+    # Every line of the TLS key and the WireGuard key.
+    secrets = [line for line in bundle[bundle.index("-----BEGIN PRIVATE KEY") :].splitlines()
+               if not line.startswith("-----")]  # fmt: skip
     store_before = {
         p: p.read_bytes() for p in deployed_lab.pki_dir.rglob("*") if p.name != ".lock"
         if p.is_file()

@@ -75,7 +75,7 @@ def test_sync_is_what_the_store_does_and_a_rerun_writes_nothing(project):
     assert after == before
     rotated = sensormail("pki", "sync", "-i", inventory, "--rotate", "temp-2", cwd=project)
     assert rotated.returncode == 0, rotated.stderr
-    key = project / "pki" / "hosts" / "temp-2" / "key.pem"
+    key = project / "pki" / "hosts" / "temp-2.pem"
     assert key.read_bytes() != before[key]
 
 

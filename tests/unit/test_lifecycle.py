@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 
 import pytest
 from cryptography import x509
@@ -13,7 +12,7 @@ from sample import entries
 
 from sensormail import pki, render
 from sensormail.fleet import build_fleet
-from sensormail.store import Store, StoreError
+from sensormail.store import HostCredentials, Store, StoreError
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
 
@@ -142,10 +141,17 @@ def test_removed_sensor_keeps_its_address_while_its_certificate_is_valid(store):
 
 def test_duplicate_wireguard_keys_are_refused(store):
     store.sync(build_fleet(entries()), now=NOW)
-    shutil.copy(store.host_dir("temp-1") / "wg.key", store.host_dir("temp-2") / "wg.key.copy")
-    (store.host_dir("temp-2") / "wg.key.copy").replace(store.host_dir("temp-2") / "wg.key")
-    # A rerun trusts the registry; the copy is found once temp-2's files are read again.
-    (store.host_dir("temp-2") / "cert.pem").unlink()
+    # temp-2's bundle with temp-1's WireGuard key, as a careless copy would make it.
+    records = store.load_registry()
+    one = HostCredentials(records["temp-1"], store.host_file("temp-1"))
+    two = HostCredentials(records["temp-2"], store.host_file("temp-2"))
+    store.host_file("temp-2").write_bytes(
+        pki.bundle(two.cert_chain_pem, two.key_pem(), one.wg_private())
+    )
+    # A rerun trusts the registry; the copy is found once temp-2's file is read again.
+    doc = json.loads(store.registry_path.read_text())
+    doc["hosts"]["temp-2"]["sender"] = "changed@x.example"  # forces a re-read
+    store.registry_path.write_text(json.dumps(doc))
     with pytest.raises(StoreError, match="host 'temp-2', field 'wg_public'"):
         store.sync(build_fleet(entries()), now=NOW)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sample import entries
 
-from sensormail import render
+from sensormail import pki, render
 from sensormail.fleet import build_fleet
 from sensormail.store import Credentials, HostCredentials, HostRecord
 
@@ -30,10 +30,14 @@ def fleet_and_credentials(tmp_path):
     fleet = build_fleet(entries())
     hosts = {}
     for i, (name, address) in enumerate(ADDRESSES.items()):
-        key = tmp_path / f"{name}.key"
-        key.write_bytes(_pem("PRIVATE KEY", f"{name} key"))
-        wg = tmp_path / f"{name}.wg"
-        wg.write_text(f"{name}-wireguard-private-key=\n")
+        bundle = tmp_path / f"{name}.pem"
+        bundle.write_bytes(
+            pki.bundle(
+                _pem("CERTIFICATE", f"{name} chain"),
+                _pem("PRIVATE KEY", f"{name} key"),
+                f"{name}-wireguard-private-key=",
+            )
+        )
         record = HostRecord(
             name=name,
             role="gateway" if name == "gw" else "sensor",
@@ -45,9 +49,7 @@ def fleet_and_credentials(tmp_path):
             not_after="2027-01-01T00:00:00+00:00",
             sender="" if name == "gw" else f"{name}@sensors.fleet.example",
         )
-        cert = tmp_path / f"{name}.crt"
-        cert.write_bytes(_pem("CERTIFICATE", f"{name} chain"))
-        hosts[name] = HostCredentials(record, cert, key, wg)
+        hosts[name] = HostCredentials(record, bundle)
     return fleet, Credentials(_pem("CERTIFICATE", "root"), hosts)
 
 

@@ -14,7 +14,7 @@ from sample import entries
 from sensormail import pki
 from sensormail import store as store_module
 from sensormail.fleet import HostEntry, build_fleet
-from sensormail.store import Store, StoreError, default_dir
+from sensormail.store import HostCredentials, Store, StoreError, default_dir
 
 
 @pytest.fixture
@@ -36,9 +36,14 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     }
 
 
+def _chain(store: Store, host: str) -> bytes:
+    return HostCredentials(store.load_registry()[host], store.host_file(host)).cert_chain_pem
+
+
 def _verify(store: Store, host: str, purpose: str) -> subprocess.CompletedProcess:
     """openssl verify -x509_strict trusting only the root; the chain comes from the host's file."""
-    cert = store.host_dir(host) / "cert.pem"
+    cert = store.path.parent / f"{host}-chain.pem"
+    cert.write_bytes(_chain(store, host))
     return subprocess.run(
         ["openssl", "verify", "-x509_strict", "-purpose", purpose,
          "-CAfile", str(store.path / "ca" / "root.crt"), "-untrusted", str(cert), str(cert)],
@@ -87,13 +92,13 @@ def test_certificate_extensions(store):
 
 def test_secrets_are_private_and_ca_keys_encrypted(store):
     store.sync(build_fleet(entries()))
-    secret_names = {"root.key", "issuing.key", "key.pem", "wg.key"}
     for path in store.path.rglob("*"):
         mode = path.stat().st_mode & 0o777
         if path.is_dir():
             assert mode == 0o700, path
-        elif path.name in secret_names:
+        elif path.name in ("root.key", "issuing.key") or path.parent.name == "hosts":
             assert mode == 0o600, path
+    assert len(list((store.path / "hosts").glob("*.pem"))) == 3
     for name in ("root.key", "issuing.key"):
         assert b"ENCRYPTED PRIVATE KEY" in (store.path / "ca" / name).read_bytes()
 
@@ -165,7 +170,7 @@ def test_a_large_fleet_is_issued_across_workers(tmp_path, passphrase, monkeypatc
         key = serialization.load_pem_private_key(creds[name].key_pem(), None)
         assert pki.key_matches(cert, key)
         assert pki.fingerprint(cert) == records[name].cert_sha256
-        assert (store.host_dir(name) / "key.pem").stat().st_mode & 0o777 == 0o600
+        assert store.host_file(name).stat().st_mode & 0o777 == 0o600
     assert not list(store.path.rglob("*.new"))
     before = _snapshot(store.path)
     store.sync(build_fleet(gateway + sensors))
