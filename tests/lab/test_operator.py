@@ -53,3 +53,30 @@ def test_diff_shows_no_secret_and_a_dry_run_changes_nothing(deployed_lab, tmp_pa
     check = deployed_lab.ssh("sensor-1", "grep -c tampered /etc/sensormail/private/key.pem")
     assert check.stdout.strip() == "0"
     assert deployed_lab.ssh("sensor-1", "wg show sensormail latest-handshakes").returncode == 0
+
+
+BAD_INVENTORY = """
+import runpy
+_lab = runpy.run_path({lab!r})
+gateway = [(name, dict(data, sensormail_colour="red")) for name, data in _lab["gateway"]]
+sensors = [(name, {{k: v for k, v in data.items() if k != "sensormail_sender"}})
+           for name, data in _lab["sensors"]]
+"""
+
+
+def test_a_bad_inventory_stops_the_deploy_before_anything_is_pushed(deployed_lab, tmp_path):
+    inventory = tmp_path / "bad.py"
+    inventory.write_text(BAD_INVENTORY.format(lab=str(ROOT / "inventory" / "lab.py")))
+    before = deployed_lab.ssh("gateway", "sha256sum /etc/postfix/main.cf").stdout
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "pyinfra"), "-y", str(inventory), "deploy.py"],
+        cwd=ROOT, capture_output=True, text=True,
+        env=dict(os.environ, SENSORMAIL_PKI_DIR=str(deployed_lab.pki_dir)),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "host 'gateway', field 'sensormail_colour': unknown key" in result.stderr
+    for sensor in ("sensor-1", "sensor-2"):
+        assert f"host '{sensor}', field 'sensormail_sender': required" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Starting operation" not in result.stderr + result.stdout
+    assert deployed_lab.ssh("gateway", "sha256sum /etc/postfix/main.cf").stdout == before

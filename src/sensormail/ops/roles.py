@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
@@ -76,7 +78,9 @@ def sensormail() -> None:
         # operation exists: a bad inventory stops the run with nothing pushed.
         fleet_and_credentials()
     except (FleetError, StoreError) as exc:
-        raise DeployError(str(exc)) from None
+        # The operator's mistake, not a crash: say it plainly, then fail the run.
+        print(f"sensormail: {exc}", file=sys.stderr, flush=True)
+        raise DeployError("sensormail stopped the run before any change (see above)") from None
     if GATEWAY_GROUP in host.groups:
         gateway()
     elif SENSOR_GROUP in host.groups:
