@@ -154,6 +154,13 @@ def _sender(host: str, value: Any, problems: list[str]) -> str:
     return value
 
 
+def _inside(address: object, subnet: ipaddress.IPv4Network) -> bool:
+    try:
+        return ipaddress.ip_address(str(address)) in subnet
+    except ValueError:
+        return False  # a host name, not an address
+
+
 def _lifetimes(where: str, options: dict[str, Any], problems: list[str]) -> Lifetimes:
     days = {}
     for name in ("root", "issuing", "cert", "crl"):
@@ -277,6 +284,27 @@ def build_fleet(entries: Iterable[HostEntry]) -> Fleet:
                 _problem(g.name, "sensormail_relay", f"not a Postfix next hop: {relay!r}")
             )
         gateway = Gateway(g.name, str(endpoint), str(mail_name), str(relay))
+        if _inside(endpoint, subnet):
+            problems.append(
+                _problem(
+                    g.name,
+                    "sensormail_endpoint",
+                    f"{endpoint} lies inside the VPN subnet {subnet}: the tunnel would route "
+                    "to itself",
+                )
+            )
+
+    # The VPN subnet must not overlap the addresses the hosts are reached at.
+    for entry in entries:
+        if entry.address and _inside(entry.address, subnet):
+            problems.append(
+                _problem(
+                    entry.name,
+                    "ssh_hostname",
+                    f"{entry.address} lies inside the VPN subnet {subnet}; choose another "
+                    "sensormail_vpn_subnet",
+                )
+            )
 
     sensors = []
     senders: dict[str, str] = {}

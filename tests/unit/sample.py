@@ -1,5 +1,7 @@
 """A sample fleet as inventory entries, shared by the unit tests."""
 
+from dataclasses import replace
+
 from sensormail.fleet import HostEntry
 
 
@@ -22,5 +24,9 @@ def entries(*order: str, **extra: dict) -> list[HostEntry]:
             frozenset({"sensors"}),
             {"sensormail_sender": "temp-2@sensors.fleet.example"} | extra.get("temp-2", {}),
         ),
+    }
+    # As the inventory readers do: the SSH address is how the controller reaches a host.
+    hosts = {
+        name: replace(h, address=h.data.get("ssh_hostname", h.address)) for name, h in hosts.items()
     }
     return [hosts[name] for name in (order or hosts)]

@@ -42,6 +42,11 @@ def _problems(host_entries) -> list[str]:
         ({"gw": {"sensormail_vpn_subnet": "10.77.0.1/24"}}, "gw", "sensormail_vpn_subnet"),
         ({"gw": {"sensormail_mail_name": "not a name"}}, "gw", "sensormail_mail_name"),
         ({"temp-2": {"sensormail_wg_port": 1}}, "temp-2", "sensormail_wg_port"),
+        ({"gw": {"sensormail_endpoint": "10.77.0.9"}}, "gw", "sensormail_endpoint"),
+        ({"temp-1": {"ssh_hostname": "10.77.0.5"}}, "temp-1", "ssh_hostname"),
+        ({"gw": {"sensormail_cert_days": 0}}, "gw", "sensormail_cert_days"),
+        ({"gw": {"sensormail_cert_days": 4000}}, "gw", "sensormail_cert_days"),
+        ({"gw": {"sensormail_renew_after": 1.5}}, "gw", "sensormail_renew_after"),
     ],
 )  # fmt: skip
 def test_bad_field_is_named_with_its_host(extra, host, field):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 from pathlib import Path
 
@@ -127,6 +128,25 @@ def test_new_sensor_does_not_move_the_others(store):
         before["gw"].record.address,
         before["temp-2"].record.address,
     }
+
+
+def test_a_plaintext_ca_key_is_refused_unless_allowed(store, monkeypatch):
+    store.sync(build_fleet(entries()))
+    key_path = store.ca_dir / "root.key"
+    key = serialization.load_pem_private_key(key_path.read_bytes(), b"correct horse battery staple")
+    key_path.write_bytes(pki.private_pem(key))
+    with pytest.raises(StoreError, match=r"root\.key is not encrypted"):
+        store.sync(build_fleet(entries()))
+    monkeypatch.setenv("SENSORMAIL_ALLOW_PLAINTEXT_CA", "1")
+    store.sync(build_fleet(entries()))
+
+
+def test_validity_is_utc_with_a_small_backdate(store):
+    now = dt.datetime.now(dt.UTC)
+    creds = store.sync(build_fleet(entries()), now=now)
+    cert = x509.load_pem_x509_certificate(creds["temp-1"].cert_chain_pem)
+    assert now - dt.timedelta(minutes=10) < cert.not_valid_before_utc < now
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=365)
 
 
 def test_encrypted_ca_needs_a_passphrase(tmp_path, monkeypatch):
