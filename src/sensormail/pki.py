@@ -279,31 +279,26 @@ class CA:
         )
 
 
-# The same for every leaf: built once.
-_LEAF_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
-_LEAF_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
-_EKU = {p: x509.ExtendedKeyUsage([p.value]) for p in Purpose}
-
-
-def _ca_usage() -> x509.KeyUsage:
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; a leaf only signs its TLS handshakes."""
     return x509.KeyUsage(
-        digital_signature=False,
+        digital_signature=not ca,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )
+
+
+# The same for every leaf: built once.
+_LEAF_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_USAGE = _key_usage(ca=False)
+_EKU = {p: x509.ExtendedKeyUsage([p.value]) for p in Purpose}
+
+
+def _ca_usage() -> x509.KeyUsage:
+    return _key_usage(ca=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import apt, systemd
+from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
+
+from . import packages as packages_op
 
 __all__ = ["activate", "install"]
 
@@ -12,13 +14,7 @@ TIMER = "sensormail-flush.timer"
 
 
 def install() -> None:
-    apt.packages(
-        name="Install Python for the send agent",
-        packages=["python3", "ca-certificates"],
-        extra_install_args="--no-install-recommends",
-        update=True,
-        cache_time=3600,
-    )
+    packages_op.install("Install Python for the send agent", ["python3", "ca-certificates"])
 
 
 def activate(units: list[OperationMeta]) -> None:

@@ -41,33 +41,28 @@ def secret(dest: str, content: str, mode: str = "0600"):
     yield StringCommand("chmod", mode, QuoteString(dest))
 
 
-def push(host_files: list[HostFile], private_dirs: tuple[str, ...] = ()) -> list[OperationMeta]:
-    """Upload each file; directories holding secrets exist as 0700 beforehand.
+def push(
+    host_files: list[HostFile], private_dirs: tuple[str, ...] = ()
+) -> dict[str, OperationMeta]:
+    """Upload each file; return its operation by path.
 
-    Files are uploaded first and get their mode after, so a secret must land
-    in a directory nobody else can enter.
+    Files are uploaded first and get their mode after, so the directories
+    holding secrets are made 0700 beforehand: nobody else can enter them.
     """
     for directory in private_dirs:
         files.directory(
             name=f"Keep {directory} private (0700)", path=directory, mode="0700", user="root"
         )
-    ops = []
+    ops = {}
     for f in host_files:
+        name = f"Install {f.path}"
         if f.secret:
             if not any(PurePosixPath(f.path).is_relative_to(d) for d in private_dirs):
                 raise ValueError(f"{f.path}: a secret outside a private directory")
-            ops.append(
-                secret(name=f"Install {f.path}", dest=f.path, content=f.content, mode=f.mode)
-            )
+            ops[f.path] = secret(name=name, dest=f.path, content=f.content, mode=f.mode)
         else:
-            ops.append(
-                files.put(
-                    name=f"Install {f.path}",
-                    src=StringIO(f.content),
-                    dest=f.path,
-                    mode=f.mode,
-                    user="root",
-                    group="root",
-                )
-            )
+            ops[f.path] = files.put(
+                name=name, src=StringIO(f.content), dest=f.path, mode=f.mode, user="root",
+                group="root",
+            )  # fmt: skip
     return ops

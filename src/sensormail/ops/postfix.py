@@ -10,10 +10,11 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import Sha256File
-from pyinfra.operations import apt, systemd
+from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
 
 from ..render import POSTFIX_DIR, HostFile
+from . import packages as packages_op
 
 __all__ = ["MAIN_FILES", "activate", "install", "staged_config"]
 
@@ -23,13 +24,7 @@ STAGE_DIR = f"{POSTFIX_DIR}/staged"
 
 
 def install() -> None:
-    apt.packages(
-        name="Install Postfix",
-        packages=["postfix", "ca-certificates"],
-        extra_install_args="--no-install-recommends",
-        update=True,
-        cache_time=3600,
-    )
+    packages_op.install("Install Postfix", ["postfix", "ca-certificates"])
 
 
 @operation()

@@ -29,13 +29,7 @@ def gateway() -> None:
     wireguard.install()
     postfix.install()
 
-    pushed = dict(
-        zip(
-            (f.path for f in other_files),
-            push(other_files, private_dirs=("/etc/wireguard", render.POSTFIX_PRIVATE)),
-            strict=True,
-        )
-    )
+    pushed = push(other_files, private_dirs=("/etc/wireguard", render.POSTFIX_PRIVATE))
     # Maps and keys are in place before main.cf names them (postfix check reads them).
     main_cf = postfix.staged_config(
         name="Check and install Postfix main.cf and master.cf", config_files=main_files
@@ -59,13 +53,7 @@ def sensor() -> None:
     wireguard.install()
     agent.install()
 
-    pushed = dict(
-        zip(
-            (f.path for f in host_files),
-            push(host_files, private_dirs=("/etc/wireguard", render.SENSOR_PRIVATE)),
-            strict=True,
-        )
-    )
+    pushed = push(host_files, private_dirs=("/etc/wireguard", render.SENSOR_PRIVATE))
 
     wireguard.activate(pushed[render.WG_CONF])
     agent.activate([pushed[p] for p in render.FLUSH_UNITS])

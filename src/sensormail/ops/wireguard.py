@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import apt, server, systemd
+from pyinfra.operations import server, systemd
 
 from ..render import WG_INTERFACE
+from . import packages as packages_op
 from .facts import WireGuardInKernel
 
 __all__ = ["activate", "install", "packages"]
@@ -21,13 +22,7 @@ def packages() -> list[str]:
 
 
 def install() -> None:
-    apt.packages(
-        name="Install WireGuard",
-        packages=packages(),
-        extra_install_args="--no-install-recommends",
-        update=True,
-        cache_time=3600,
-    )
+    packages_op.install("Install WireGuard", packages())
 
 
 def activate(conf: OperationMeta) -> None:
