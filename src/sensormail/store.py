@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from cryptography import x509
@@ -721,6 +722,10 @@ class _Context:
     lifetimes: Lifetimes
     now: dt.datetime
 
+    @cached_property
+    def issuing_pem(self) -> bytes:
+        return self.issuing.cert.public_bytes(serialization.Encoding.PEM)
+
 
 @dataclass(frozen=True)
 class _Result:
@@ -823,7 +828,7 @@ def _work(job: _Job) -> _Result:
             want.common_name, pki.Purpose[want.purpose], lifetimes.cert_days,
             dns=want.dns, ips=want.ips, key=key, now=now,
         )  # fmt: skip
-        chain = issued.cert_pem + ctx.issuing.cert.public_bytes(serialization.Encoding.PEM)
+        chain = issued.cert_pem + ctx.issuing_pem
         cert = issued.cert
         # Key and certificate change together, in one file: they cannot be torn apart.
         batch.write(path, pki.bundle(chain, pki.private_pem(key), wg_private), 0o600)
