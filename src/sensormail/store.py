@@ -36,6 +36,7 @@ __all__ = [
     "Credentials",
     "HostCredentials",
     "HostRecord",
+    "PendingChanges",
     "Revocation",
     "Store",
     "StoreError",
@@ -51,6 +52,14 @@ Progress = Callable[[int, int], None]
 
 class StoreError(RuntimeError):
     """The store cannot be used as it is; the message says what to do."""
+
+
+class PendingChanges(StoreError):
+    """A dry run found credentials to create or renew for these hosts."""
+
+    def __init__(self, message: str, hosts: frozenset[str]):
+        super().__init__(message)
+        self.hosts = hosts
 
 
 def default_dir(*hints: Path | None) -> Path:
@@ -322,8 +331,13 @@ class Store:
                             f"(waited {timeout:.0f} s); try again when it has finished"
                         ) from None
                     time.sleep(0.1)
-            # A run cut off after its journal was written is finished first.
+            # A run cut off after its journal was written is finished first;
+            # what a run cut off before it had staged is thrown away.
             _Batch(self.path).roll_forward()
+            for directory in (self.path, self.ca_dir, self.path / "hosts"):
+                if directory.is_dir():
+                    for stale in (*directory.glob(".*.new"), *directory.glob(".worker-*.pickle")):
+                        stale.unlink()
             yield
         finally:
             os.close(fd)
@@ -337,7 +351,7 @@ class Store:
 
     # -- CA passphrase -------------------------------------------------------
     def passphrase(self, lab: bool, create: bool = True) -> bytes:
-        value = os.environ.get("SENSORMAIL_CA_PASSPHRASE")
+        value = os.environ.get("SENSORMAIL_CA_PASSPHRASE", "").strip()
         if value:
             return value.encode()
         file = os.environ.get("SENSORMAIL_CA_PASSPHRASE_FILE")
@@ -394,6 +408,12 @@ class Store:
             )
             if not pki.key_matches(root.cert, root.key):
                 raise StoreError(f"{root_key} does not belong to {root_crt}; restore both")
+        elif root_key.exists() or self.registry_path.exists():
+            # Never replace a fleet's root silently: every host trusts it.
+            raise StoreError(
+                f"{root_crt} is missing but the store has a fleet ({root_key} or "
+                f"{self.registry_path.name}); restore it from a backup"
+            )
         else:
             root = pki.CA.new_root(ROOT_NAME, lt.root_days, now=now)
             batch.write(root_key, pki.Issued(root.cert, root.key).key_pem(passphrase), 0o600)
@@ -448,12 +468,25 @@ class Store:
         """The registry: host records and the revocation list."""
         if not self.registry_path.exists():
             return {}, []
-        raw = json.loads(self.registry_path.read_text())
-        version = raw.get("version")
-        if version not in (1, REGISTRY_VERSION):
-            raise StoreError(f"{self.registry_path}: unknown registry version {version}")
-        records = {name: HostRecord(**rec) for name, rec in raw["hosts"].items()}
-        revoked = [Revocation(**r) for r in raw.get("revoked", [])]
+        try:
+            raw = json.loads(self.registry_path.read_text())
+            version = raw.get("version")
+            if version not in (1, REGISTRY_VERSION):
+                raise StoreError(f"{self.registry_path}: unknown registry version {version}")
+            records = {name: HostRecord(**rec) for name, rec in raw["hosts"].items()}
+            revoked = [Revocation(**r) for r in raw.get("revoked", [])]
+            for name, rec in records.items():
+                ipaddress.IPv4Address(rec.address)
+                for stamp in (rec.not_before, rec.not_after):
+                    if _utc(stamp).tzinfo is None:
+                        raise ValueError(f"host {name!r}: {stamp!r} has no time zone")
+        except StoreError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise StoreError(
+                f"{self.registry_path} is damaged ({type(exc).__name__}: {exc}); "
+                "restore it from a backup"
+            ) from None
         return records, revoked
 
     def load_registry(self) -> dict[str, HostRecord]:
@@ -493,11 +526,17 @@ class Store:
         unknown = set(rotate) - set(fleet.hosts) - {"all"}
         if unknown:
             raise StoreError(f"rotate: no such host in the inventory: {', '.join(sorted(unknown))}")
-        rotate = set(fleet.hosts) if "all" in rotate else set(rotate)
+        if "all" in rotate:
+            # "all" means every admitted host: a revoked one comes back only by name.
+            records = self.load_registry()
+            named = set(rotate) - {"all"}
+            rotate = {n for n in fleet.hosts if not (n in records and records[n].revoked)} | named
+        rotate = set(rotate)
         if dry_run and not (self.ca_dir / "root.crt").exists():
-            raise StoreError(
+            raise PendingChanges(
                 f"{self.path}: no store here yet; a dry run creates none "
-                "(`sensormail pki sync -i INVENTORY` makes it)"
+                "(`sensormail pki sync -i INVENTORY` makes it)",
+                frozenset(fleet.hosts),
             )
         with self.locked():
             batch = _Batch(self.path)
@@ -524,7 +563,7 @@ class Store:
                     and hosts[name].path.exists()
                 ):
                     continue  # the common case on a rerun: nothing to read or write
-                jobs.append(_Job(name, want, addresses[name], name in rotate))
+                jobs.append(_Job(name, want, addresses[name], name in rotate, rec is not None))
             context = _Context(self.path, issuing, issuer_id, fleet.lifetimes, now)
             for done, result in enumerate(_run(context, jobs), 1):
                 records[result.record.name] = result.record
@@ -541,10 +580,11 @@ class Store:
             if dry_run and batch.moves:
                 changes = len(batch.moves)
                 batch.discard()
-                raise StoreError(
+                raise PendingChanges(
                     f"{self.path}: {changes} file(s) of the store would change (new or renewed "
                     "credentials); a dry run changes nothing: apply them first with "
-                    "`sensormail pki sync -i INVENTORY`"
+                    "`sensormail pki sync -i INVENTORY`",
+                    frozenset(job.name for job in jobs),
                 )
             batch.commit()
             return Credentials(
@@ -710,6 +750,7 @@ class _Job:
     want: _Want
     address: str
     rotate: bool
+    registered: bool  # the registry knows the host: its bundle must exist
 
 
 @dataclass(frozen=True)
@@ -761,7 +802,11 @@ def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
             if pid == 0:  # the child: work, write results, leave without cleanup
                 status = 1
                 try:
-                    _create(out, pickle.dumps([_work(job) for job in part]), 0o600)
+                    try:
+                        results: object = [_work(job) for job in part]
+                    except StoreError as exc:
+                        results = exc  # the operator's to resolve: reported by the parent
+                    _create(out, pickle.dumps(results), 0o600)
                     status = 0
                 finally:
                     os._exit(status)
@@ -773,8 +818,11 @@ def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
             if status != 0 or not out.exists():
                 failed.append(pid)
                 continue
-            yield from pickle.loads(out.read_bytes())
+            results = pickle.loads(out.read_bytes())
             out.unlink()
+            if isinstance(results, StoreError):
+                raise results
+            yield from results
         if failed:
             raise StoreError(f"{len(failed)} worker process(es) failed; nothing was changed")
     finally:
@@ -791,6 +839,11 @@ def _work(job: _Job) -> _Result:
     superseded = []
 
     cert = key = wg_private = None
+    if job.registered and not job.rotate and not path.exists():
+        raise StoreError(
+            f"host {job.name!r}: {path} is missing; restore it from a backup, or give the "
+            f"host new keys (--data rotate={job.name})"
+        )
     if path.exists() and not job.rotate:
         # Keys are kept unless rotating: a bundle that cannot be read is an
         # error to resolve, never a reason to make new keys silently.
@@ -824,8 +877,15 @@ def _work(job: _Job) -> _Result:
         if job.rotate and cert is not None and cert.not_valid_after_utc > now:
             serial = format(cert.serial_number, "x")
             superseded.append(Revocation(serial, job.name, now.isoformat(), "superseded"))
+        # Never outlive the issuer: a chain is only as valid as its shortest link.
+        days = min(lifetimes.cert_days, (ctx.issuing.cert.not_valid_after_utc - now).days)
+        if days < 1:
+            raise StoreError(
+                "the issuing CA expires within a day and the root cannot renew it: "
+                "the fleet needs a new root"
+            )
         issued = ctx.issuing.issue(
-            want.common_name, pki.Purpose[want.purpose], lifetimes.cert_days,
+            want.common_name, pki.Purpose[want.purpose], days,
             dns=want.dns, ips=want.ips, key=key, now=now,
         )  # fmt: skip
         chain = issued.cert_pem + ctx.issuing_pem

@@ -61,5 +61,5 @@ def test_rotation_without_the_gateway_is_refused(deployed_lab):
     before = (deployed_lab.pki_dir / "registry.json").read_bytes()
     result = deployed_lab.deploy("--limit", "sensor-1", "--data", "rotate=sensor-1")
     assert result.returncode != 0
-    assert "must be part of a run that rotates keys" in result.stderr
+    assert "must all be part of this run, but gateway is not" in result.stderr
     assert (deployed_lab.pki_dir / "registry.json").read_bytes() == before

@@ -170,3 +170,62 @@ def test_subnet_change_is_refused(store):
     moved = build_fleet(entries(gw={"sensormail_vpn_subnet": "10.78.0.0/24"}))
     with pytest.raises(StoreError, match="field 'sensormail_vpn_subnet'"):
         store.sync(moved, now=NOW)
+
+
+def test_rotate_all_does_not_readmit_revoked_hosts(store):
+    fleet = build_fleet(entries())
+    store.sync(fleet, now=NOW)
+    store.revoke("temp-1", now=NOW)
+    serial = store.load_registry()["temp-1"].cert_serial
+    store.sync(fleet, now=NOW, rotate={"all"})
+    assert store.load_registry()["temp-1"].revoked
+    assert store.load_registry()["temp-1"].cert_serial == serial
+    store.sync(fleet, now=NOW, rotate={"all", "temp-1"})  # named: re-admitted
+    assert not store.load_registry()["temp-1"].revoked
+
+
+def test_lost_files_are_never_replaced_silently(store):
+    fleet = build_fleet(entries())
+    store.sync(fleet, now=NOW)
+    bundle = store.host_file("temp-1").read_bytes()
+    store.host_file("temp-1").unlink()
+    with pytest.raises(StoreError, match=r"temp-1\.pem is missing"):
+        store.sync(fleet, now=NOW + dt.timedelta(days=300))  # due, so it is read
+    store.host_file("temp-1").write_bytes(bundle)
+    root = (store.ca_dir / "root.crt").read_bytes()
+    (store.ca_dir / "root.crt").unlink()
+    with pytest.raises(StoreError, match=r"root\.crt is missing"):
+        store.sync(fleet, now=NOW)
+    (store.ca_dir / "root.crt").write_bytes(root)
+    store.sync(fleet, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["{not json", '{"version": 2, "hosts": {"x": {"name": "x"}}}', '{"version": 9, "hosts": {}}'],
+)
+def test_a_damaged_registry_is_a_clear_error(store, damage):
+    store.sync(build_fleet(entries()), now=NOW)
+    store.registry_path.write_text(damage)
+    with pytest.raises(StoreError, match="registry"):
+        store.sync(build_fleet(entries()), now=NOW)
+
+
+def test_no_certificate_outlives_its_issuer(store):
+    fleet = build_fleet(entries())
+    store.sync(fleet, now=NOW)
+    issuing = x509.load_pem_x509_certificate((store.ca_dir / "issuing.crt").read_bytes())
+    # Near the end of the issuing CA's life (renewal disabled by a late fraction).
+    late = build_fleet(entries(gw={"sensormail_renew_after": 0.999}))
+    when = issuing.not_valid_after_utc - dt.timedelta(days=100)
+    creds = store.sync(late, now=when, rotate={"temp-1"})
+    cert = x509.load_pem_x509_certificate(creds["temp-1"].cert_chain_pem)
+    assert cert.not_valid_after_utc <= issuing.not_valid_after_utc
+
+
+def test_files_staged_by_an_interrupted_run_are_removed(store):
+    store.sync(build_fleet(entries()), now=NOW)
+    stale = store.path / "hosts" / ".temp-1.pem.new"
+    stale.write_bytes(b"half a key")
+    store.sync(build_fleet(entries()), now=NOW)
+    assert not stale.exists()

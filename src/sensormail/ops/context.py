@@ -13,31 +13,60 @@ from pathlib import Path
 from pyinfra import inventory, state
 
 from .. import inventory as inventory_adapter
-from ..fleet import Fleet, build_fleet
-from ..store import Credentials, Store, StoreError, default_dir
+from ..fleet import Fleet, FleetError, build_fleet
+from ..store import Credentials, PendingChanges, Store, StoreError, default_dir
 
 __all__ = ["fleet_and_credentials"]
 
 _cache: dict[int, tuple[Fleet, Credentials]] = {}
+_failed: dict[int, Exception] = {}
 
 
 def fleet_and_credentials() -> tuple[Fleet, Credentials]:
-    """Validate the inventory and sync the store, once per run; raise FleetError/StoreError."""
+    """Validate the inventory and sync the store, once per run; raise FleetError/StoreError.
+
+    New credentials (first run, renewal, rotation) are written only when every
+    host receiving them, and the gateway that must know them, is in this run:
+    otherwise a `--limit` run would leave part of the fleet locked out.
+    """
     key = id(inventory._get_module())  # one inventory per pyinfra run
-    if key not in _cache:
-        hosts = list(inventory)
-        fleet = build_fleet(inventory_adapter.entries(hosts))
-        rotate = inventory_adapter.rotation(h.data.dict() for h in hosts)
-        active = {h.name for h in inventory.iter_activated_hosts()}
-        if rotate and fleet.gateway.name not in active:
-            # New keys the gateway does not know would lock the sensors out.
-            raise StoreError(
-                f"rotate: the gateway {fleet.gateway.name!r} must be part of a run that "
-                "rotates keys (drop --limit or include it)"
-            )
-        # The store belongs to the project of the deploy file, wherever pyinfra runs from.
-        deploy_file = state.current_deploy_filename or state.current_exec_filename
-        store = Store(default_dir(Path(deploy_file).parent if deploy_file else None))
-        dry = "--dry" in sys.argv  # pyinfra runs deploy files the same way for a dry run
-        _cache[key] = (fleet, store.sync(fleet, rotate=rotate, dry_run=dry))
+    if key in _failed:
+        raise _failed[key]  # deploy.py runs once per host: decide once
+    if key in _cache:
+        return _cache[key]
+    try:
+        _cache[key] = _prepare()
+    except (FleetError, StoreError) as exc:
+        _failed[key] = exc
+        raise
     return _cache[key]
+
+
+def _prepare() -> tuple[Fleet, Credentials]:
+    hosts = list(inventory)
+    fleet = build_fleet(inventory_adapter.entries(hosts))
+    rotate = inventory_adapter.rotation(h.data.dict() for h in hosts)
+    # The store belongs to the project of the deploy file, wherever pyinfra runs from.
+    deploy_file = state.current_deploy_filename or state.current_exec_filename
+    store = Store(default_dir(Path(deploy_file).parent if deploy_file else None))
+    try:
+        creds = store.sync(fleet, rotate=rotate, dry_run=True)
+    except PendingChanges as pending:
+        if "--dry" in sys.argv:  # pyinfra runs deploy files the same way for a dry run
+            raise
+        active = {h.name for h in inventory.iter_activated_hosts()}
+        left_out = (pending.hosts | {fleet.gateway.name}) - active
+        if left_out:
+            raise StoreError(
+                f"new credentials are due for {_names(pending.hosts)}; they and the gateway "
+                f"must all be part of this run, but {_names(left_out)} "
+                f"{'is' if len(left_out) == 1 else 'are'} not (drop --limit, or include them)"
+            ) from None
+        creds = store.sync(fleet, rotate=rotate)
+    return fleet, creds
+
+
+def _names(hosts: frozenset[str] | set[str], most: int = 5) -> str:
+    names = sorted(hosts)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more

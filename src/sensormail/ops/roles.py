@@ -67,7 +67,9 @@ def sensormail() -> None:
         fleet_and_credentials()
     except (FleetError, StoreError) as exc:
         # The operator's mistake, not a crash: say it plainly, then fail the run.
-        print(f"sensormail: {exc}", file=sys.stderr, flush=True)
+        if not getattr(exc, "reported", False):  # once, not once per host
+            print(f"sensormail: {exc}", file=sys.stderr, flush=True)
+            exc.reported = True  # type: ignore[attr-defined]
         raise DeployError("sensormail stopped the run before any change (see above)") from None
     if GATEWAY_GROUP in host.groups:
         gateway()
