@@ -249,6 +249,14 @@ def build_fleet(entries: Iterable[HostEntry]) -> Fleet:
     except ValueError as exc:
         problems.append(_problem(where, "sensormail_vpn_subnet", f"not an IPv4 network: {exc}"))
         subnet = ipaddress.IPv4Network(DEFAULTS["sensormail_vpn_subnet"])
+    if not subnet.is_private or subnet.is_loopback or subnet.is_multicast or subnet.prefixlen < 8:
+        problems.append(
+            _problem(
+                where,
+                "sensormail_vpn_subnet",
+                f"{subnet} is not a private unicast network (e.g. 10.77.0.0/24)",
+            )
+        )
     usable = max(subnet.num_addresses - 2, 0)
     if usable < 1 + len(sensor_entries):
         problems.append(

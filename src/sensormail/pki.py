@@ -197,7 +197,12 @@ class CA:
         return CA(builder.sign(self.key, hashes.SHA256()), key)
 
     def crl(
-        self, revoked: list[tuple[int, dt.datetime]], days: int, now: dt.datetime | None = None
+        self,
+        revoked: list[tuple[int, dt.datetime]],
+        days: int,
+        *,
+        number: int,
+        now: dt.datetime | None = None,
     ) -> x509.CertificateRevocationList:
         """A CRL of (serial, revocation time) signed by this CA."""
         start = (now or dt.datetime.now(dt.UTC)) - BACKDATE
@@ -210,7 +215,7 @@ class CA:
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
             )
-            .add_extension(x509.CRLNumber(int(start.timestamp())), critical=False)
+            .add_extension(x509.CRLNumber(number), critical=False)
         )
         for serial, when in sorted(revoked):
             builder = builder.add_revoked_certificate(

@@ -381,7 +381,10 @@ class Store:
     # -- CA ------------------------------------------------------------------
     @staticmethod
     def _load_key(path: Path, passphrase: bytes) -> ec.EllipticCurvePrivateKey:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"{path}: {exc.strerror}; restore it from a backup") from None
         encrypted = b"ENCRYPTED" in data
         if not encrypted and os.environ.get("SENSORMAIL_ALLOW_PLAINTEXT_CA") != "1":
             raise StoreError(
@@ -403,9 +406,7 @@ class Store:
         lt = fleet.lifetimes
         root_crt, root_key = self.ca_dir / "root.crt", self.ca_dir / "root.key"
         if root_crt.exists():
-            root = pki.CA(
-                pki.load_cert(root_crt.read_bytes()), self._load_key(root_key, passphrase)
-            )
+            root = pki.CA(_read_cert(root_crt), self._load_key(root_key, passphrase))
             if not pki.key_matches(root.cert, root.key):
                 raise StoreError(f"{root_key} does not belong to {root_crt}; restore both")
         elif root_key.exists() or self.registry_path.exists():
@@ -423,7 +424,7 @@ class Store:
         dns = (fleet.gateway.mail_name,)
         networks = (str(fleet.vpn_subnet),)
         if crt.exists() and key_path.exists():
-            issuing = pki.CA(pki.load_cert(crt.read_bytes()), self._load_key(key_path, passphrase))
+            issuing = pki.CA(_read_cert(crt), self._load_key(key_path, passphrase))
             if self._issuing_current(issuing, root, dns, networks, now, lt.renew_after):
                 return root, issuing
         issuing = root.new_intermediate(
@@ -569,7 +570,8 @@ class Store:
                 records[result.record.name] = result.record
                 hosts[result.record.name] = replace(hosts[result.record.name], record=result.record)
                 batch.moves.extend(result.moves)
-                revoked.extend(result.superseded)
+                known = {r.serial for r in revoked}  # revoked, then rotated: listed once
+                revoked.extend(r for r in result.superseded if r.serial not in known)
                 if progress and (done % 500 == 0 or done == len(jobs)):
                     progress(done, len(jobs))
             self._check_unique(records)
@@ -701,8 +703,13 @@ class Store:
         """The issuing CA's CRL; re-issued when its list changed or it is past renewal."""
         path = self.ca_dir / "crl.pem"
         want = sorted({int(r.serial, 16) for r in revoked})
+        number = 0
         if path.exists():
-            crl = x509.load_pem_x509_crl(path.read_bytes())
+            try:
+                crl = x509.load_pem_x509_crl(path.read_bytes())
+                number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            except (ValueError, x509.ExtensionNotFound):
+                raise StoreError(f"{path} is damaged; delete it to have it re-issued") from None
             last, nxt = crl.last_update_utc, crl.next_update_utc
             assert nxt is not None
             if (
@@ -711,8 +718,12 @@ class Store:
                 and now < last + (nxt - last) * fleet.lifetimes.renew_after
             ):
                 return crl
-        when = {int(r.serial, 16): _utc(r.at) for r in revoked}
-        crl = issuing.crl([(s, when[s]) for s in want], fleet.lifetimes.crl_days, now=now)
+        when: dict[int, dt.datetime] = {}
+        for r in revoked:  # the first revocation of a serial is its date
+            when.setdefault(int(r.serial, 16), _utc(r.at))
+        crl = issuing.crl(
+            [(s, when[s]) for s in want], fleet.lifetimes.crl_days, number=number + 1, now=now
+        )
         batch.write(path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
         return crl
 
@@ -911,6 +922,13 @@ def _work(job: _Job) -> _Result:
         revoked="",
     )
     return _Result(record, batch.moves, superseded)
+
+
+def _read_cert(path: Path) -> x509.Certificate:
+    try:
+        return pki.load_cert(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path} is unreadable ({exc}); restore it from a backup") from None
 
 
 def _cert_due(cert: x509.Certificate, now: dt.datetime, renew_after: float) -> bool:

@@ -229,3 +229,20 @@ def test_files_staged_by_an_interrupted_run_are_removed(store):
     stale.write_bytes(b"half a key")
     store.sync(build_fleet(entries()), now=NOW)
     assert not stale.exists()
+
+
+def test_crl_numbers_grow_and_a_serial_is_listed_once(store):
+    fleet = build_fleet(entries())
+    store.sync(fleet, now=NOW)
+    numbers = [_crl(store).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number]
+    serial = store.load_registry()["temp-1"].cert_serial
+    store.revoke("temp-1", now=NOW)
+    store.sync(fleet, now=NOW)  # same second: still a new number
+    numbers.append(_crl(store).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    store.sync(fleet, now=NOW + dt.timedelta(hours=1), rotate={"temp-1"})
+    crl = _crl(store)
+    numbers.append(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    assert numbers[0] < numbers[1] <= numbers[2]  # unchanged list, fresh CRL: kept
+    listed = [r for r in crl if r.serial_number == int(serial, 16)]
+    assert len(listed) == 1
+    assert listed[0].revocation_date_utc == NOW  # the revocation, not the later rotation
