@@ -51,6 +51,10 @@ def pki_status(args: argparse.Namespace) -> int:
         print(f"sensormail: no hosts registered in {store.path}", file=sys.stderr)
         return 1
     now = dt.datetime.now(dt.UTC)
+    # With an inventory, hosts gone from it are shown but do not fail the check.
+    current = None
+    if args.inventory:
+        current = {entry.name for entry, _ in inventory.read(Path(args.inventory))}
     rows = []
     for name in ("root", "issuing"):
         path = store.ca_dir / f"{name}.crt"
@@ -59,6 +63,8 @@ def pki_status(args: argparse.Namespace) -> int:
             rows.append((f"({name} CA)", "ca", "", "", cert.not_valid_after_utc, ""))
     for name, rec in sorted(records.items()):
         state = f"revoked {rec.revoked[:10]}" if rec.revoked else ""
+        if current is not None and name not in current:
+            state = "not in the inventory"
         rows.append(
             (name, rec.role, rec.mode, rec.address, dt.datetime.fromisoformat(rec.not_after), state)
         )
@@ -124,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
     status = command(pki_status, "status")
     status.add_argument("--warn-days", type=int, default=30, metavar="N")
-    status.add_argument("-i", "--inventory", help="find the project's store from this inventory")
+    status.add_argument(
+        "-i", "--inventory", help="the fleet's inventory: its store, and only its hosts count"
+    )
     revoke = command(pki_revoke, "revoke")
     revoke.add_argument("name", help="the sensor's host name")
     revoke.add_argument("-i", "--inventory", help="find the project's store from this inventory")

@@ -58,6 +58,17 @@ def test_sync_status_revoke_from_anywhere(project, tmp_path_factory):
     assert warn.returncode == 1
     assert "temp-1" in warn.stderr
 
+    # A host gone from the inventory is listed but does not fail the check.
+    smaller = project / "inventory" / "smaller.py"
+    smaller.write_text(
+        INVENTORY.replace('("temp-2", {"sensormail_sender": "temp-2@sensors.fleet.example"}),', "")
+    )
+    gone = sensormail("pki", "status", "-i", str(smaller), "--warn-days", "30", cwd=project)
+    assert gone.returncode == 0, gone.stderr
+    assert "not in the inventory" in next(
+        row for row in gone.stdout.splitlines() if "temp-2" in row
+    )
+
     revoked = sensormail("pki", "revoke", "temp-1", cwd=project)
     assert revoked.returncode == 0, revoked.stderr
     registry = json.loads((project / "pki" / "registry.json").read_text())
