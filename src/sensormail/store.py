@@ -231,33 +231,49 @@ class _Batch:
     another syncfs, the journal goes. A crash before the journal leaves the old
     state (the .new files are ignored); after it, the next run rolls forward.
     Paths in the journal are relative, so a store may be moved.
+
+    A host bundle that does not exist yet is written in place (`fresh`): no
+    registry record names it until the commit, so an interrupted one is
+    simply written again by the next run.
     """
 
     def __init__(self, root: Path):
         self.root = root
         self._prefix = len(str(root)) + 1
         self.moves: list[tuple[str, str]] = []
+        self.created: list[str] = []
 
     @property
     def journal(self) -> Path:
         return self.root / "journal.json"
 
-    def write(self, path: Path, data: bytes, mode: int) -> None:
+    def write(self, path: Path, data: bytes, mode: int, fresh: bool = False) -> None:
         final = str(path)
+        if fresh:
+            _create(path, data, mode)
+            self.created.append(final[self._prefix :])
+            return
         slash = final.rindex("/") + 1
         tmp = f"{final[:slash]}.{final[slash:]}.new"
         _create(Path(tmp), data, mode)
         self.moves.append((tmp[self._prefix :], final[self._prefix :]))
 
+    @property
+    def changes(self) -> int:
+        return len(self.moves) + len(self.created)
+
     def discard(self) -> None:
-        for tmp, _ in self.moves:
+        for tmp in (*(t for t, _ in self.moves), *self.created):
             (self.root / tmp).unlink(missing_ok=True)
         self.moves.clear()
+        self.created.clear()
 
     def commit(self) -> None:
+        if not self.changes:
+            return
+        _syncfs(self.root)  # every new byte durable before the registry names it
         if not self.moves:
             return
-        _syncfs(self.root)
         write_atomic(self.journal, json.dumps(self.moves).encode(), 0o600)
         self.roll_forward()
 
@@ -570,6 +586,7 @@ class Store:
                 records[result.record.name] = result.record
                 hosts[result.record.name] = replace(hosts[result.record.name], record=result.record)
                 batch.moves.extend(result.moves)
+                batch.created.extend(result.created)
                 known = {r.serial for r in revoked}  # revoked, then rotated: listed once
                 revoked.extend(r for r in result.superseded if r.serial not in known)
                 if progress and (done % 500 == 0 or done == len(jobs)):
@@ -579,8 +596,8 @@ class Store:
             after = self._registry_bytes(records, revoked)
             if after != before:
                 batch.write(self.registry_path, after, 0o644)
-            if dry_run and batch.moves:
-                changes = len(batch.moves)
+            if dry_run and batch.changes:
+                changes = batch.changes
                 batch.discard()
                 raise PendingChanges(
                     f"{self.path}: {changes} file(s) of the store would change (new or renewed "
@@ -783,6 +800,7 @@ class _Context:
 class _Result:
     record: HostRecord
     moves: list[tuple[str, str]]
+    created: list[str]
     superseded: list[Revocation]
 
 
@@ -855,15 +873,24 @@ def _work(job: _Job) -> _Result:
             f"host {job.name!r}: {path} is missing; restore it from a backup, or give the "
             f"host new keys (--data rotate={job.name})"
         )
-    if path.exists() and not job.rotate:
-        # Keys are kept unless rotating: a bundle that cannot be read is an
-        # error to resolve, never a reason to make new keys silently.
-        parts = HostCredentials(HostRecord(job.name, *[""] * 7), path)._parts()
+    fresh = not path.exists()
+    if not fresh and not job.rotate:
+        # Keys are kept unless rotating: a registered host's bundle that cannot
+        # be read is an error to resolve, never a reason to make new keys
+        # silently. One the registry never named is a leftover: written anew.
+        try:
+            parts = HostCredentials(HostRecord(job.name, *[""] * 7), path)._parts()
+        except StoreError:
+            if job.registered:
+                raise
+            parts = None
+            fresh = True
+    if not fresh and not job.rotate and parts is not None:
         cert = pki.load_cert(parts[0])
         loaded = serialization.load_pem_private_key(parts[1], None)
         assert isinstance(loaded, ec.EllipticCurvePrivateKey)
         key, wg_private = loaded, parts[2]
-    elif path.exists():  # rotating: the old certificate goes on the CRL below
+    elif not fresh:  # rotating: the old certificate goes on the CRL below
         try:
             cert = pki.load_cert(path.read_bytes())
         except ValueError:
@@ -902,7 +929,7 @@ def _work(job: _Job) -> _Result:
         chain = issued.cert_pem + ctx.issuing_pem
         cert = issued.cert
         # Key and certificate change together, in one file: they cannot be torn apart.
-        batch.write(path, pki.bundle(chain, pki.private_pem(key), wg_private), 0o600)
+        batch.write(path, pki.bundle(chain, pki.private_pem(key), wg_private), 0o600, fresh)
     assert cert is not None
     record = HostRecord(
         name=job.name,
@@ -921,7 +948,7 @@ def _work(job: _Job) -> _Result:
         issuer_key_id=ctx.issuer_id,
         revoked="",
     )
-    return _Result(record, batch.moves, superseded)
+    return _Result(record, batch.moves, batch.created, superseded)
 
 
 def _read_cert(path: Path) -> x509.Certificate:

@@ -27,17 +27,26 @@ CRASHING_SYNC = textwrap.dedent(
     from sensormail.fleet import build_fleet
     from sensormail.store import Store
 
-    crash_at = int(sys.argv[1])
-    real_replace, count = os.replace, [0]
+    import sensormail.store as store_module
 
-    def replace(src, dst):
-        count[0] += 1
-        if count[0] == crash_at:
-            os._exit(137)
-        real_replace(src, dst)
+    crash_at, where = int(sys.argv[1]), sys.argv[3]
+    count = [0]
 
-    os.replace = replace
-    Store(sys.argv[2]).sync(build_fleet(entries()), rotate={{"all"}})
+    def crashing(real):
+        def call(*args):
+            count[0] += 1
+            if count[0] == crash_at:
+                os._exit(137)
+            return real(*args)
+        return call
+
+    if where == "rename":  # a rotation of every key, killed at its Nth rename
+        os.replace = crashing(os.replace)
+        rotate = {{"all"}}
+    else:  # a first sync, killed as it writes its Nth new file
+        store_module._create = crashing(store_module._create)
+        rotate = set()
+    Store(sys.argv[2]).sync(build_fleet(entries()), rotate=rotate)
     print("finished without crashing")
     """
 ).format(tests=str(Path(__file__).parent))
@@ -71,7 +80,7 @@ def test_a_crash_leaves_the_old_state_or_the_new_one(tmp_path, passphrase, crash
     store.sync(fleet)
     old = _state(store)
     child = subprocess.run(
-        [sys.executable, "-c", CRASHING_SYNC, str(crash_at), str(store.path)],
+        [sys.executable, "-c", CRASHING_SYNC, str(crash_at), str(store.path), "rename"],
         capture_output=True,
         text=True,
         env=dict(os.environ),
@@ -84,6 +93,23 @@ def test_a_crash_leaves_the_old_state_or_the_new_one(tmp_path, passphrase, crash
         assert new == old
     else:  # the journal was durable: the whole rotation landed
         assert all(new[name] != old[name] for name in old)
+
+
+@pytest.mark.parametrize("crash_at", [1, 4, 5, 6, 7, 9, 10])
+def test_a_crash_during_the_first_run_leaves_a_store_the_next_run_completes(
+    tmp_path, passphrase, crash_at
+):
+    store = Store(tmp_path / "pki")
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHING_SYNC, str(crash_at), str(store.path), "create"],
+        capture_output=True,
+        text=True,
+    )
+    assert child.returncode == 137, child.stdout + child.stderr
+    assert not store.registry_path.exists()  # nothing was committed
+    store.sync(build_fleet(entries()))
+    assert len(_state(store)) == 3
+    assert not list(store.path.rglob("*.new"))
 
 
 def test_a_second_run_waits_for_the_lock_then_gives_up(tmp_path, passphrase, monkeypatch):
