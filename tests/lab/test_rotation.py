@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from test_mail import SENSORS, probe
+
+ROOT = Path(__file__).parents[2]
 
 
 def _registry(the_lab) -> dict:
@@ -63,3 +69,29 @@ def test_rotation_without_the_gateway_is_refused(deployed_lab):
     assert result.returncode != 0
     assert "must all be part of this run, but gateway is not" in result.stderr
     assert (deployed_lab.pki_dir / "registry.json").read_bytes() == before
+
+
+RENEWING = """
+import runpy
+_lab = runpy.run_path({lab!r})
+# Everything is due at once: a renewal fraction of a few seconds of the lifetime.
+gateway = [(name, dict(data, sensormail_renew_after=0.000001)) for name, data in _lab["gateway"]]
+sensors = _lab["sensors"]
+"""
+
+
+def test_due_renewal_waits_for_a_run_that_reaches_every_renewed_host(deployed_lab, tmp_path):
+    """Guards against a --limit run renewing certificates the gateway never learns of."""
+    inventory = tmp_path / "renewing.py"
+    inventory.write_text(RENEWING.format(lab=str(ROOT / "inventory" / "lab.py")))
+    before = (deployed_lab.pki_dir / "registry.json").read_bytes()
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "pyinfra"), "-y", str(inventory), "deploy.py",
+         "--limit", "sensor-1"],
+        cwd=ROOT, capture_output=True, text=True,
+        env=dict(os.environ, SENSORMAIL_PKI_DIR=str(deployed_lab.pki_dir)),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "new credentials are due for gateway, sensor-1, sensor-2" in result.stderr
+    assert (deployed_lab.pki_dir / "registry.json").read_bytes() == before
+    assert probe(deployed_lab, "sensor-1", "cert", SENSORS["sensor-1"]) == "RCPT 250"
