@@ -95,6 +95,13 @@ def pki_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def pki_forget(args: argparse.Namespace) -> int:
+    """Drop a revoked (or expired) host from the registry, freeing its name and address."""
+    _store(args).forget(args.name)
+    print(f"sensormail: {args.name} forgotten")
+    return 0
+
+
 def pki_sync(args: argparse.Namespace) -> int:
     """Do to the store exactly what a deploy does, without touching any host."""
     path = Path(args.inventory)
@@ -136,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     revoke = command(pki_revoke, "revoke")
     revoke.add_argument("name", help="the sensor's host name")
     revoke.add_argument("-i", "--inventory", help="find the project's store from this inventory")
+    forget = command(pki_forget, "forget")
+    forget.add_argument("name", help="the host's name")
+    forget.add_argument("-i", "--inventory", help="find the project's store from this inventory")
     sync = command(pki_sync, "sync")
     sync.add_argument("-i", "--inventory", required=True, help="the pyinfra inventory file")
     sync.add_argument("--rotate", metavar="NAME[,NAME…]|all", help="force new keys for these")

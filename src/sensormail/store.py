@@ -768,6 +768,29 @@ class Store:
             batch.commit()
             return rec
 
+    def forget(self, name: str, now: dt.datetime | None = None) -> None:
+        """Drop a host from the registry for good, freeing its name and address.
+
+        Only a host whose credentials can no longer be used: revoked (its
+        certificate on the CRL) or expired. Its bundle is deleted with it.
+        """
+        now = now or dt.datetime.now(dt.UTC)
+        with self.locked():
+            records, revoked = self.load()
+            rec = records.get(name)
+            if rec is None:
+                raise StoreError(f"host {name!r}: not in the registry {self.registry_path}")
+            if not rec.revoked and _utc(rec.not_after) > now:
+                raise StoreError(
+                    f"host {name!r}: its certificate is valid until {rec.not_after[:10]}; "
+                    f"revoke it first (sensormail pki revoke {name})"
+                )
+            del records[name]
+            batch = _Batch(self.path)
+            batch.write(self.registry_path, self._registry_bytes(records, revoked), 0o644)
+            batch.commit()
+            self.host_file(name).unlink(missing_ok=True)  # its keys are dead: no use in keeping
+
 
 # -- per-host work (in worker processes for large runs) -----------------------
 

@@ -246,3 +246,23 @@ def test_crl_numbers_grow_and_a_serial_is_listed_once(store):
     listed = [r for r in crl if r.serial_number == int(serial, 16)]
     assert len(listed) == 1
     assert listed[0].revocation_date_utc == NOW  # the revocation, not the later rotation
+
+
+def test_forget_frees_a_revoked_hosts_address(store):
+    fleet = build_fleet(entries())
+    first = store.sync(fleet, now=NOW)
+    with pytest.raises(StoreError, match="revoke it first"):
+        store.forget("temp-1", now=NOW)
+    store.revoke("temp-1", now=NOW)
+    store.forget("temp-1", now=NOW)
+    assert "temp-1" not in store.load_registry()
+    assert not store.host_file("temp-1").exists()
+    assert _crl(store) is not None
+    # Its address is free for a newcomer at once; the CRL still lists the old serial.
+    newcomer = entries("temp-2")[0].__class__(
+        "temp-3", frozenset({"sensors"}), {"sensormail_sender": "temp-3@sensors.fleet.example"}
+    )
+    creds = store.sync(build_fleet([*entries("gw", "temp-2"), newcomer]), now=NOW)
+    assert creds["temp-3"].record.address == first["temp-1"].record.address
+    serial = int(first["temp-1"].record.cert_serial, 16)
+    assert _crl(store).get_revoked_certificate_by_serial_number(serial) is not None
