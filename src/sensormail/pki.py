@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+import re
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
@@ -104,23 +105,35 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
-_WG_BEGIN = b"-----BEGIN WIREGUARD PRIVATE KEY-----\n"
-_WG_END = b"-----END WIREGUARD PRIVATE KEY-----\n"
-_KEY_BEGIN = b"-----BEGIN PRIVATE KEY-----\n"
+# A bundle is a sequence of PEM blocks, told apart by their labels.
+_WG_LABEL = "WIREGUARD KEY"
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\n.*?-----END \1-----\n", re.S)
 
 
 def bundle(chain_pem: bytes, key_pem: bytes, wg_private: str) -> bytes:
     """One host's credentials in one PEM file: certificate chain, TLS key, WireGuard key."""
-    return chain_pem + key_pem + _WG_BEGIN + wg_private.encode() + b"\n" + _WG_END
+    wg = f"-----BEGIN {_WG_LABEL}-----\n{wg_private}\n-----END {_WG_LABEL}-----\n"
+    return chain_pem + key_pem + wg.encode()
 
 
 def unbundle(data: bytes) -> tuple[bytes, bytes, str]:
     """The parts of a `bundle`: (chain PEM, key PEM, WireGuard private key); ValueError if torn."""
-    key_at, wg_at = data.find(_KEY_BEGIN), data.find(_WG_BEGIN)
-    if not 0 < key_at < wg_at or not data.endswith(_WG_END):
+    chain, keys, wg = b"", [], []
+    end = 0
+    for block in _PEM_BLOCK.finditer(data):
+        if block.start() != end:
+            break  # something between blocks: torn or foreign
+        end = block.end()
+        label = block.group(1).decode()
+        if label == "CERTIFICATE" and not keys:
+            chain += block.group(0)
+        elif label == _WG_LABEL:
+            wg.append(block.group(0).decode().splitlines()[1].strip())
+        elif label.endswith("KEY") and not wg:
+            keys.append(block.group(0))
+    if end != len(data) or not chain or len(keys) != 1 or len(wg) != 1:
         raise ValueError("not a complete sensormail host bundle")
-    wg = data[wg_at + len(_WG_BEGIN) : -len(_WG_END)].decode().strip()
-    return data[:key_at], data[key_at:wg_at], wg
+    return chain, keys[0], wg[0]
 
 
 def load_cert(pem: bytes) -> x509.Certificate:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sensormail import pki
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -17,10 +19,11 @@ def test_diff_shows_no_secret_and_a_dry_run_changes_nothing(deployed_lab, tmp_pa
         "echo tampered >> /etc/sensormail/private/key.pem"
     )
     assert deployed_lab.ssh("sensor-1", tamper).returncode == 0
-    bundle = (deployed_lab.pki_dir / "hosts" / "sensor-1.pem").read_text()
-    # Every line of the TLS key and the WireGuard key.
-    secrets = [line for line in bundle[bundle.index("-----BEGIN PRIVATE KEY") :].splitlines()
-               if not line.startswith("-----")]  # fmt: skip
+    _, key_pem, wg_private = pki.unbundle(
+        (deployed_lab.pki_dir / "hosts" / "sensor-1.pem").read_bytes()
+    )
+    # Every line of the TLS key, and the WireGuard key.
+    secrets = [wg_private, *(ln for ln in key_pem.decode().splitlines() if "-----" not in ln)]
     store_before = {
         p: p.read_bytes() for p in deployed_lab.pki_dir.rglob("*") if p.name != ".lock"
         if p.is_file()
