@@ -135,25 +135,20 @@ class HostCredentials:
     def revoked(self) -> bool:
         return bool(self.record.revoked)
 
+    @cached_property
     def _parts(self) -> tuple[bytes, bytes, str]:
-        try:
-            return pki.unbundle(self.path.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise StoreError(
-                f"host {self.record.name!r}: {self.path} is unusable ({exc}); restore it from "
-                f"a backup, or give the host new keys (--data rotate={self.record.name})"
-            ) from None
+        return _read_bundle(self.path, self.record.name)
 
     @property
     def cert_chain_pem(self) -> bytes:
         """The host's certificate followed by the issuing CA's."""
-        return self._parts()[0]
+        return self._parts[0]
 
     def key_pem(self) -> bytes:
-        return self._parts()[1]
+        return self._parts[1]
 
     def wg_private(self) -> str:
-        return self._parts()[2]
+        return self._parts[2]
 
 
 @dataclass(frozen=True)
@@ -543,11 +538,6 @@ class Store:
         unknown = set(rotate) - set(fleet.hosts) - {"all"}
         if unknown:
             raise StoreError(f"rotate: no such host in the inventory: {', '.join(sorted(unknown))}")
-        if "all" in rotate:
-            # "all" means every admitted host: a revoked one comes back only by name.
-            records = self.load_registry()
-            named = set(rotate) - {"all"}
-            rotate = {n for n in fleet.hosts if not (n in records and records[n].revoked)} | named
         rotate = set(rotate)
         if dry_run and not (self.ca_dir / "root.crt").exists():
             raise PendingChanges(
@@ -560,6 +550,10 @@ class Store:
             passphrase = self.passphrase(fleet.lab, create=not dry_run)
             root, issuing = self._ensure_ca(fleet, passphrase, now, batch)
             records, revoked = self.load()
+            if "all" in rotate:
+                # Every admitted host: a revoked one comes back only by name.
+                admitted = {n for n in fleet.hosts if not (n in records and records[n].revoked)}
+                rotate = admitted | (rotate - {"all"})
             before = self.registry_path.read_bytes() if self.registry_path.exists() else b""
             addresses = self._allocate(fleet, records, now)
             issuer_id = issuing.key_identifier().hex()
@@ -581,6 +575,9 @@ class Store:
                 ):
                     continue  # the common case on a rerun: nothing to read or write
                 jobs.append(_Job(name, want, addresses[name], name in rotate, rec is not None))
+            if dry_run and jobs:
+                # Enough to know: the work itself is left to the real run.
+                self._pending(batch, jobs)
             context = _Context(self.path, issuing, issuer_id, fleet.lifetimes, now)
             for done, result in enumerate(_run(context, jobs), 1):
                 records[result.record.name] = result.record
@@ -597,20 +594,22 @@ class Store:
             if after != before:
                 batch.write(self.registry_path, after, 0o644)
             if dry_run and batch.changes:
-                changes = batch.changes
-                batch.discard()
-                raise PendingChanges(
-                    f"{self.path}: {changes} file(s) of the store would change (new or renewed "
-                    "credentials); a dry run changes nothing: apply them first with "
-                    "`sensormail pki sync -i INVENTORY`",
-                    frozenset(job.name for job in jobs),
-                )
+                self._pending(batch, jobs)
             batch.commit()
             return Credentials(
                 root.cert.public_bytes(serialization.Encoding.PEM),
                 hosts,
                 crl.public_bytes(serialization.Encoding.PEM),
             )
+
+    def _pending(self, batch: _Batch, jobs: list[_Job]) -> None:
+        batch.discard()
+        raise PendingChanges(
+            f"{self.path}: the store would change ({len(jobs)} host(s) with new or renewed "
+            "credentials, or the CA or CRL); a dry run changes nothing: apply them first with "
+            "`sensormail pki sync -i INVENTORY`",
+            frozenset(job.name for job in jobs),
+        )
 
     @staticmethod
     def _want(fleet: Fleet, name: str, addresses: dict[str, str]) -> _Want:
@@ -902,7 +901,7 @@ def _work(job: _Job) -> _Result:
         # be read is an error to resolve, never a reason to make new keys
         # silently. One the registry never named is a leftover: written anew.
         try:
-            parts = HostCredentials(HostRecord(job.name, *[""] * 7), path)._parts()
+            parts = _read_bundle(path, job.name)
         except StoreError:
             if job.registered:
                 raise
@@ -972,6 +971,16 @@ def _work(job: _Job) -> _Result:
         revoked="",
     )
     return _Result(record, batch.moves, batch.created, superseded)
+
+
+def _read_bundle(path: Path, name: str) -> tuple[bytes, bytes, str]:
+    try:
+        return pki.unbundle(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise StoreError(
+            f"host {name!r}: {path} is unusable ({exc}); restore it from a backup, "
+            f"or give the host new keys (--data rotate={name})"
+        ) from None
 
 
 def _read_cert(path: Path) -> x509.Certificate:
