@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import sys
-import time
 
 from . import lab
 
@@ -31,18 +30,14 @@ def main() -> int:
             print(f"demo: {sensor}: sensormail-send failed: {sent.stderr}", file=sys.stderr)
             return 1
         print(f"demo: {sensor}: sent with sensormail-send -t", file=sys.stderr)
-    deadline = time.monotonic() + TIMEOUT
     for sensor, token in tokens.items():
-        while True:
-            found = lab.ssh("mx", f"grep -rl -- {token} {lab.MAILDIR}/new/ | head -1").stdout
-            if found.strip():
-                break
-            if time.monotonic() > deadline:
-                print(f"demo: {sensor}'s message did not arrive in {TIMEOUT}s", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-        print(f"\n===== mx:{found.strip()} (from {sensor}) =====")
-        print(lab.ssh("mx", f"cat {found.strip()}").stdout)
+        found = lab.arrived(token, TIMEOUT)
+        if found is None:
+            print(f"demo: {sensor}'s message did not arrive in {TIMEOUT}s", file=sys.stderr)
+            return 1
+        path, text = found
+        print(f"\n===== mx:{path} (from {sensor}) =====")
+        print(text)
     return 0
 
 

@@ -50,14 +50,16 @@ def _exec(path: Path) -> dict[str, Any]:
     return scope
 
 
-def _is_group(key: str, value: Any) -> bool:
+def _group(key: str, value: Any) -> tuple[list[Any], dict[str, Any]] | None:
+    """(hosts, data) when a module-level name is an inventory group, as pyinfra reads it."""
     if key.startswith("_"):
-        return False
+        return None
+    hosts, data = value, {}
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
-        value = value[0]
-    if not isinstance(value, list | tuple):
-        return False
-    return all(isinstance(item, str | tuple) for item in value)
+        hosts, data = value
+    if not isinstance(hosts, list | tuple) or not all(isinstance(h, str | tuple) for h in hosts):
+        return None
+    return list(hosts), dict(data)
 
 
 def _name_data(item: Any) -> tuple[str, dict[str, Any]]:
@@ -87,13 +89,9 @@ def read(
     scope = _exec(path)
     groups: dict[str, tuple[list[Any], dict[str, Any]]] = {}
     for key, value in scope.items():
-        if _is_group(key, value):
-            hosts, data = (
-                value
-                if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict)
-                else (value, {})
-            )
-            groups[key] = (list(hosts), dict(data))
+        group = _group(key, value)
+        if group is not None:
+            groups[key] = group
     all_hosts, all_data = groups.pop("all", (None, {}))
     if all_hosts is None:
         all_hosts = list(dict.fromkeys(_name_data(h)[0] for hs, _ in groups.values() for h in hs))

@@ -17,7 +17,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["HOSTS", "MAILDIR", "RECIPIENT_DOMAIN", "LabHost", "down", "lab_dir", "ssh", "up"]
+__all__ = [
+    "HOSTS",
+    "MAILDIR",
+    "RECIPIENT_DOMAIN",
+    "LabHost",
+    "arrived",
+    "down",
+    "lab_dir",
+    "ssh",
+    "up",
+]
 
 IMAGE = "localhost/sensormail-lab:bookworm-1"
 NETWORK = "sensormail-lab"
@@ -291,6 +301,18 @@ def ssh(host: str, command: str, stdin: str | None = None) -> subprocess.Complet
         text=True,
         timeout=120,
     )
+
+
+def arrived(token: str, timeout: float = 60) -> tuple[str, str] | None:
+    """The (path, text) of the message at mx containing token, once it is there; None on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        path = ssh("mx", f"grep -rl -- {token} {MAILDIR}/new/ | head -1").stdout.strip()
+        if path:
+            return path, ssh("mx", f"cat {path}").stdout
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
 
 
 def down() -> None:

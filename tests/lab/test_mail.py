@@ -8,7 +8,6 @@ import email.policy
 import re
 import secrets
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -29,17 +28,11 @@ PROBE = (Path(__file__).parent / "smtp_probe.py").read_text()
 LAB_ADDRESSES = {h.name: h.address for h in lab.HOSTS}
 
 
-def _arrived(the_lab, token: str, timeout: float = 60) -> email.message.EmailMessage:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = the_lab.ssh("mx", f"grep -rl -- {token} {lab.MAILDIR}/new/ | head -1")
-        path = found.stdout.strip()
-        if path:
-            raw = the_lab.ssh("mx", f"cat {path}").stdout
-            return email.message_from_string(raw, policy=email.policy.default)
-        if time.monotonic() > deadline:
-            pytest.fail(f"message {token} did not arrive at mx within {timeout}s")
-        time.sleep(0.5)
+def _arrived(token: str, timeout: float = 60) -> email.message.EmailMessage:
+    found = lab.arrived(token, timeout)
+    if found is None:
+        pytest.fail(f"message {token} did not arrive at mx within {timeout}s")
+    return email.message_from_string(found[1], policy=email.policy.default)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def delivered(deployed_lab) -> dict[str, email.message.EmailMessage]:
         sent = deployed_lab.ssh(sensor, "sensormail-send -t", stdin=message)
         assert sent.returncode == 0, sent.stderr
         assert "queued" not in sent.stderr, f"{sensor}: not sent at once: {sent.stderr}"
-    return {sensor: _arrived(deployed_lab, token) for sensor, token in tokens.items()}
+    return {sensor: _arrived(token) for sensor, token in tokens.items()}
 
 
 @pytest.mark.parametrize("sensor", sorted(SENSORS))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sensormail.fleet import HostEntry, build_fleet
+from sensormail.fleet import DEFAULTS, HostEntry, build_fleet
 
 INVENTORIES = Path(__file__).parents[2] / "inventory"
 
@@ -20,3 +20,10 @@ def test_inventory_is_a_valid_fleet(name):
     ]
     fleet = build_fleet(entries)
     assert len(fleet.sensors) == 2
+
+
+def test_example_shows_every_fleet_option_at_its_default():
+    """example.py restates DEFAULTS for the reader: it must not drift from them."""
+    gateway_data = runpy.run_path(str(INVENTORIES / "example.py"))["gateway"][0][1]
+    shown = {k: v for k, v in gateway_data.items() if k in DEFAULTS}
+    assert shown == DEFAULTS
