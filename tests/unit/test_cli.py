@@ -110,3 +110,16 @@ def test_missing_passphrase_and_unknown_host(project):
     assert sensormail("pki", "sync", "-i", inventory, cwd=project).returncode == 0
     result = sensormail("pki", "revoke", "nope", cwd=project)
     assert result.returncode == 1 and "'nope': not in the registry" in result.stderr
+
+
+def test_a_long_sync_shows_progress(project):
+    sensors = ",\n".join(
+        f'("s{i:04d}", {{"sensormail_sender": "s{i:04d}@f.example"}})' for i in range(1200)
+    )
+    big = project / "inventory" / "big.py"
+    gateway = '[("gw", {"ssh_hostname": "192.0.2.1", "sensormail_vpn_subnet": "10.80.0.0/20"})]'
+    big.write_text(f"gateway = {gateway}\nsensors = [{sensors}]\n")
+    result = sensormail("pki", "sync", "-i", str(big), cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "] 1201/1201 hosts" in result.stderr  # the bar's last state (no terminal: one line)
+    assert "1201 hosts in sync" in result.stderr
