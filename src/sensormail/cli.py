@@ -114,10 +114,26 @@ def pki_sync(args: argparse.Namespace) -> int:
     fleet = build_fleet(entry for entry, _ in hosts)
     store = _store(args)
     rotate = inventory.rotation(data for _, data in hosts)
+    new_store = not (store.ca_dir / "root.crt").exists()
+    before = store.load_registry()
     creds = store.sync(fleet, rotate=rotate, progress=_progress(started))
+    new = [n for n in creds.hosts if n not in before]
+    reissued = [
+        n for n, h in creds.hosts.items() if n in before and
+        before[n].cert_sha256 != h.record.cert_sha256
+    ]  # fmt: skip
+    what = ", ".join(
+        part
+        for part in (
+            "a new store with a new CA" if new_store else "",
+            f"{len(new)} new" if new else "",
+            f"{len(reissued)} renewed or rotated" if reissued else "",
+        )
+        if part
+    )
     print(
         f"sensormail: {len(creds.hosts)} hosts in sync in {store.path} "
-        f"({time.monotonic() - started:.2f}s)",
+        f"({what or 'nothing changed'}; {time.monotonic() - started:.2f}s)",
         file=sys.stderr,
     )
     return 0

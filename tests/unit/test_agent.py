@@ -90,3 +90,8 @@ def test_long_lines_travel_encoded_and_arrive_unchanged(agent):
 def test_agent_uses_only_the_standard_library(agent):
     imported = {name.split(".")[0] for name in vars(agent) if name in sys.modules}
     assert all(name in sys.stdlib_module_names for name in imported)
+
+
+def test_help(agent, capsys):
+    assert agent.main(["--help"]) == 0
+    assert "Usage: sensormail-send" in capsys.readouterr().out

@@ -79,13 +79,18 @@ def test_sync_status_revoke_from_anywhere(project, tmp_path_factory):
 
 def test_sync_is_what_the_store_does_and_a_rerun_writes_nothing(project):
     inventory = str(project / "inventory" / "fleet.py")
-    assert sensormail("pki", "sync", "-i", inventory, cwd=project).returncode == 0
+    first = sensormail("pki", "sync", "-i", inventory, cwd=project)
+    assert first.returncode == 0
+    assert "a new store with a new CA, 3 new" in first.stderr
     before = {p: p.read_bytes() for p in (project / "pki").rglob("*") if p.is_file()}
-    assert sensormail("pki", "sync", "-i", inventory, cwd=project).returncode == 0
+    again = sensormail("pki", "sync", "-i", inventory, cwd=project)
+    assert again.returncode == 0
+    assert "nothing changed" in again.stderr
     after = {p: p.read_bytes() for p in (project / "pki").rglob("*") if p.is_file()}
     assert after == before
     rotated = sensormail("pki", "sync", "-i", inventory, "--rotate", "temp-2", cwd=project)
     assert rotated.returncode == 0, rotated.stderr
+    assert "1 renewed or rotated" in rotated.stderr
     key = project / "pki" / "hosts" / "temp-2.pem"
     assert key.read_bytes() != before[key]
 
