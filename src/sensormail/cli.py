@@ -115,13 +115,8 @@ def pki_sync(args: argparse.Namespace) -> int:
     store = _store(args)
     rotate = inventory.rotation(data for _, data in hosts)
     new_store = not (store.ca_dir / "root.crt").exists()
-    before = store.load_registry()
     creds = store.sync(fleet, rotate=rotate, progress=_progress(started))
-    new = [n for n in creds.hosts if n not in before]
-    reissued = [
-        n for n, h in creds.hosts.items() if n in before and
-        before[n].cert_sha256 != h.record.cert_sha256
-    ]  # fmt: skip
+    new, reissued = creds.new, creds.reissued
     what = ", ".join(
         part
         for part in (
