@@ -77,6 +77,20 @@ def _sensormail(project: Path, *args: str) -> float:
     return seconds
 
 
+def _cpu_check() -> float:
+    """Microseconds per P-256 key pair in this process: how fast this VM's CPU is now.
+
+    The host's speed swings by a third from one minute to the next; this figure,
+    taken before and after, tells a slow moment from a slow change.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    started = time.perf_counter()
+    for _ in range(2000):
+        ec.generate_private_key(ec.SECP256R1())
+    return (time.perf_counter() - started) / 2000 * 1e6
+
+
 def _scratch() -> Path:
     """A fresh directory on a part of the disk no recent deletion has touched (see above)."""
     top = ROOT / ".lab" / "bench"
@@ -144,9 +158,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="syncs from nothing (median)")
     parser.add_argument("--easyrsa-certs", type=int, default=20)
     args = parser.parse_args()
+    cpu_before = _cpu_check()
     before = easyrsa(args.easyrsa_certs // 2)
     firsts, rerun = ours(args.sensors, args.runs)
     after = easyrsa(args.easyrsa_certs - args.easyrsa_certs // 2)
+    cpu_after = _cpu_check()
     per_cert_e = statistics.mean(before + after)
     first = statistics.median(firsts)
     per_sensor_o = first / args.sensors
@@ -156,6 +172,10 @@ def main() -> int:
     print(
         f"easy-rsa: build-client-full, {len(before)} certs before and {len(after)} after: "
         f"{statistics.mean(before) * 1000:.0f} and {statistics.mean(after) * 1000:.0f} ms each"
+    )
+    print(
+        f"cpu check: one P-256 key pair in {cpu_before:.1f} us before, {cpu_after:.1f} us after "
+        "(about 13 when the host is quiet)"
     )
     print(
         f"bench-pki sensors={args.sensors} seconds={first:.3f} "

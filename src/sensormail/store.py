@@ -201,7 +201,7 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _create(path: Path, data: bytes, mode: int) -> None:
+def _create(path: Path | str, data: bytes, mode: int) -> None:
     """Create path with its final mode from the first byte on (no chmod afterwards)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -249,7 +249,8 @@ class _Batch:
 
     def __init__(self, root: Path):
         self.root = root
-        self._prefix = len(str(root)) + 1
+        self._root = str(root)
+        self._prefix = len(self._root) + 1
         self.moves: list[tuple[str, str]] = []
         self.created: list[str] = []
 
@@ -258,15 +259,19 @@ class _Batch:
         return self.root / "journal.json"
 
     def write(self, path: Path, data: bytes, mode: int, fresh: bool = False) -> None:
-        final = str(path)
+        self.stage(str(path)[self._prefix :], data, mode, fresh)
+
+    def stage(self, relative: str, data: bytes, mode: int, fresh: bool = False) -> None:
+        """`write`, for a path relative to the store (no Path objects: called per host)."""
+        root = self._root
         if fresh:
-            _create(path, data, mode)
-            self.created.append(final[self._prefix :])
+            _create(f"{root}/{relative}", data, mode)
+            self.created.append(relative)
             return
-        slash = final.rindex("/") + 1
-        tmp = f"{final[:slash]}.{final[slash:]}.new"
-        _create(Path(tmp), data, mode)
-        self.moves.append((tmp[self._prefix :], final[self._prefix :]))
+        slash = relative.rfind("/") + 1
+        tmp = f"{relative[:slash]}.{relative[slash:]}.new"
+        _create(f"{root}/{tmp}", data, mode)
+        self.moves.append((tmp, relative))
 
     @property
     def changes(self) -> int:
@@ -520,10 +525,18 @@ class Store:
         return self.load()[0]
 
     @staticmethod
-    def _registry_bytes(records: dict[str, HostRecord], revoked: list[Revocation]) -> bytes:
-        """JSON with one line per host: readable, diffable, quick for large fleets."""
+    def _registry_bytes(
+        records: dict[str, HostRecord],
+        revoked: list[Revocation],
+        lines: dict[str, str] | None = None,
+    ) -> bytes:
+        """JSON with one line per host: readable, diffable, quick for large fleets.
+
+        `lines` holds the lines workers already serialised, in parallel.
+        """
+        done = lines or {}
         hosts = ",\n".join(
-            f"  {json.dumps(name)}: {json.dumps(vars(records[name]))}" for name in sorted(records)
+            done.get(name) or _registry_line(records[name]) for name in sorted(records)
         )
         revocations = ",\n".join(f"  {json.dumps(vars(r))}" for r in revoked)
         return (
@@ -597,7 +610,10 @@ class Store:
                 self._pending(batch, jobs)
             context = _Context(self.path, issuing, issuer_id, fleet.lifetimes, now)
             new, reissued = [], []
+            lines: dict[str, str] = {}
+            listed = {r.serial for r in revoked}
             for done, result in enumerate(_run(context, jobs), 1):
+                lines[result.record.name] = result.line
                 old = records.get(result.record.name)
                 if old is None:
                     new.append(result.record.name)
@@ -607,13 +623,15 @@ class Store:
                 hosts[result.record.name] = replace(hosts[result.record.name], record=result.record)
                 batch.moves.extend(result.moves)
                 batch.created.extend(result.created)
-                known = {r.serial for r in revoked}  # revoked, then rotated: listed once
-                revoked.extend(r for r in result.superseded if r.serial not in known)
+                for gone in result.superseded:
+                    if gone.serial not in listed:  # revoked, then rotated: listed once
+                        listed.add(gone.serial)
+                        revoked.append(gone)
                 if progress and (done % 500 == 0 or done == len(jobs)):
                     progress(done, len(jobs))
             self._check_unique(records)
             crl = self._ensure_crl(issuing, revoked, fleet, now, batch)
-            after = self._registry_bytes(records, revoked)
+            after = self._registry_bytes(records, revoked, lines)
             if after != before:
                 batch.write(self.registry_path, after, 0o644)
             if dry_run and batch.changes:
@@ -842,10 +860,18 @@ class _Context:
     def issuing_pem(self) -> bytes:
         return self.issuing.cert.public_bytes(serialization.Encoding.PEM)
 
+    @cached_property
+    def cert_days(self) -> int:
+        """A leaf's lifetime: never beyond its issuer's, a chain is only as valid as its
+        shortest link."""
+        left = (self.issuing.cert.not_valid_after_utc - self.now).days
+        return min(self.lifetimes.cert_days, left)
+
 
 @dataclass(frozen=True)
 class _Result:
     record: HostRecord
+    line: str  # the record as the registry holds it, serialised by the worker
     moves: list[tuple[str, str]]
     created: list[str]
     superseded: list[Revocation]
@@ -910,7 +936,8 @@ def _work(job: _Job) -> _Result:
     ctx = _context
     assert ctx is not None
     batch = _Batch(ctx.root)
-    path = ctx.root / "hosts" / f"{job.name}.pem"
+    relative = f"hosts/{job.name}.pem"
+    path = f"{ctx.root}/{relative}"  # a str: a Path per host costs more than it helps
     want, now, lifetimes = job.want, ctx.now, ctx.lifetimes
     superseded = []
 
@@ -926,7 +953,7 @@ def _work(job: _Job) -> _Result:
         # be read is an error to resolve, never a reason to make new keys
         # silently. One the registry never named is a leftover: written anew.
         try:
-            parts = _read_bundle(path, job.name)
+            parts = _read_bundle(Path(path), job.name)
         except StoreError:
             if job.registered:
                 raise
@@ -939,7 +966,7 @@ def _work(job: _Job) -> _Result:
         key, wg_private = loaded, parts[2]
     elif not fresh:  # rotating: the old certificate goes on the CRL below
         try:
-            cert = pki.load_cert(path.read_bytes())
+            cert = pki.load_cert(Path(path).read_bytes())
         except ValueError:
             cert = None
     if wg_private is None:
@@ -962,8 +989,7 @@ def _work(job: _Job) -> _Result:
         if job.rotate and cert is not None and cert.not_valid_after_utc > now:
             serial = format(cert.serial_number, "x")
             superseded.append(Revocation(serial, job.name, now.isoformat(), "superseded"))
-        # Never outlive the issuer: a chain is only as valid as its shortest link.
-        days = min(lifetimes.cert_days, (ctx.issuing.cert.not_valid_after_utc - now).days)
+        days = ctx.cert_days
         if days < 1:
             raise StoreError(
                 "the issuing CA expires within a day and the root cannot renew it: "
@@ -976,7 +1002,7 @@ def _work(job: _Job) -> _Result:
         chain = issued.cert_pem + ctx.issuing_pem
         cert = issued.cert
         # Key and certificate change together, in one file: they cannot be torn apart.
-        batch.write(path, pki.bundle(chain, pki.private_pem(key), wg_private), 0o600, fresh)
+        batch.stage(relative, pki.bundle(chain, pki.private_pem(key), wg_private), 0o600, fresh)
     assert cert is not None
     record = HostRecord(
         name=job.name,
@@ -995,7 +1021,11 @@ def _work(job: _Job) -> _Result:
         issuer_key_id=ctx.issuer_id,
         revoked="",
     )
-    return _Result(record, batch.moves, batch.created, superseded)
+    return _Result(record, _registry_line(record), batch.moves, batch.created, superseded)
+
+
+def _registry_line(record: HostRecord) -> str:
+    return f"  {json.dumps(record.name)}: {json.dumps(vars(record))}"
 
 
 def _read_bundle(path: Path, name: str) -> tuple[bytes, bytes, str]:
