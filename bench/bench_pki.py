@@ -14,13 +14,14 @@ one after the other, writing to the same file system, so noise hits both.
   like ours, half of its certificates before our runs and half after, so a
   drift in this VM's speed hits both sides alike.
 
-Each run gets a fresh directory under `.lab/bench/`, which carries ext4's
-"top directory" flag so its subdirectories are spread over the disk. This
-VM's root file system is ext4 without a journal; there, allocating an inode
-skips every inode of its group freed in the last 30 s or more, at a cost
-that grows with their number. Without the spreading, a run placed where the
-previous run's files were just deleted pays up to 0.4 ms of kernel time per
-file for them (measured: 10,000 creates in 4 s instead of 0.25 s).
+This VM's root file system is ext4 without a journal. There, allocating an
+inode skips every inode of its block group freed in the last 30 s, and each
+skip costs a lookup: a run placed where 10,000 files were just deleted pays
+up to 0.4 ms of kernel time per file (measured: 10,000 creates in 4 s instead
+of 0.25 s). So the bench deletes nothing while it measures: each run gets a
+fresh directory under `.lab/bench/` (which carries ext4's "top directory"
+flag, so runs are spread over the disk), all are deleted at the end, and a
+bench started within 31 s of that cleanup waits until it has aged out.
 
 The last line is machine-readable:
 bench-pki sensors=N seconds=S easyrsa_ms_per_cert=E ours_ms_per_cert=O ratio=R
@@ -91,13 +92,38 @@ def _cpu_check() -> float:
     return (time.perf_counter() - started) / 2000 * 1e6
 
 
+SCRATCH = ROOT / ".lab" / "bench"
+CLEANED = SCRATCH / ".cleaned"  # when the last bench deleted its runs
+AGE_OUT = 31.0  # seconds until ext4 stops skipping freed inodes (see above)
+
+
 def _scratch() -> Path:
-    """A fresh directory on a part of the disk no recent deletion has touched (see above)."""
-    top = ROOT / ".lab" / "bench"
-    top.mkdir(parents=True, exist_ok=True)
+    """A fresh directory for one run; removed by `_clean_up`, never while measuring."""
+    SCRATCH.mkdir(parents=True, exist_ok=True)
     # Not ext4, or no chattr: the directory is used as it is.
-    subprocess.run(["chattr", "+T", str(top)], check=False, capture_output=True)
-    return Path(tempfile.mkdtemp(prefix="run-", dir=top))
+    subprocess.run(["chattr", "+T", str(SCRATCH)], check=False, capture_output=True)
+    return Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH))
+
+
+def _clean_up() -> None:
+    """Delete every run (this bench's, or an interrupted one's) and note when."""
+    runs = list(SCRATCH.glob("run-*")) if SCRATCH.is_dir() else []
+    for run in runs:
+        shutil.rmtree(run, ignore_errors=True)
+    if runs:
+        os.sync()
+        CLEANED.write_text(f"{time.time()}\n")
+
+
+def _wait_for_age_out() -> None:
+    try:
+        since = time.time() - float(CLEANED.read_text())
+    except (OSError, ValueError):
+        return
+    if 0 <= since < AGE_OUT:
+        wait = AGE_OUT - since
+        print(f"bench-pki: waiting {wait:.0f} s for the last cleanup to age out", file=sys.stderr)
+        time.sleep(wait)
 
 
 def ours(sensors: int, runs: int) -> tuple[list[float], float]:
@@ -105,19 +131,16 @@ def ours(sensors: int, runs: int) -> tuple[list[float], float]:
     firsts, rerun = [], 0.0
     for run in range(runs):
         project = _scratch()
-        try:
-            (project / "inventory").mkdir(parents=True)
-            (project / "deploy.py").write_text("")
-            inventory = project / "inventory" / "bench.py"
-            inventory.write_text(_inventory(sensors))
-            firsts.append(_sensormail(project, "sync", "-i", str(inventory)))
-            files = sum(1 for p in (project / "pki" / "hosts").iterdir())
-            if files != sensors + 1:
-                raise SystemExit(f"bench-pki: {files} bundles written for {sensors} sensors")
-            if run == 0:
-                rerun = _sensormail(project, "sync", "-i", str(inventory))
-        finally:
-            shutil.rmtree(project, ignore_errors=True)
+        (project / "inventory").mkdir(parents=True)
+        (project / "deploy.py").write_text("")
+        inventory = project / "inventory" / "bench.py"
+        inventory.write_text(_inventory(sensors))
+        firsts.append(_sensormail(project, "sync", "-i", str(inventory)))
+        files = sum(1 for p in (project / "pki" / "hosts").iterdir())
+        if files != sensors + 1:
+            raise SystemExit(f"bench-pki: {files} bundles written for {sensors} sensors")
+        if run == 0:
+            rerun = _sensormail(project, "sync", "-i", str(inventory))
     return firsts, rerun
 
 
@@ -138,18 +161,15 @@ def easyrsa(certs: int) -> list[float]:
     def run(*args: str) -> None:
         subprocess.run([str(EASYRSA), *args], env=env, check=True, capture_output=True, cwd=workdir)
 
-    try:
-        run("init-pki")
-        run("build-ca", "nopass")
-        _settle()
-        times = []
-        for i in range(certs):
-            started = time.perf_counter()
-            run("build-client-full", f"s{i:05d}", "nopass")
-            times.append(time.perf_counter() - started)
-        return times
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    run("init-pki")
+    run("build-ca", "nopass")
+    _settle()
+    times = []
+    for i in range(certs):
+        started = time.perf_counter()
+        run("build-client-full", f"s{i:05d}", "nopass")
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def main() -> int:
@@ -158,11 +178,16 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="syncs from nothing (median)")
     parser.add_argument("--easyrsa-certs", type=int, default=20)
     args = parser.parse_args()
-    cpu_before = _cpu_check()
-    before = easyrsa(args.easyrsa_certs // 2)
-    firsts, rerun = ours(args.sensors, args.runs)
-    after = easyrsa(args.easyrsa_certs - args.easyrsa_certs // 2)
-    cpu_after = _cpu_check()
+    _clean_up()  # what an interrupted bench left
+    _wait_for_age_out()
+    try:
+        cpu_before = _cpu_check()
+        before = easyrsa(args.easyrsa_certs // 2)
+        firsts, rerun = ours(args.sensors, args.runs)
+        after = easyrsa(args.easyrsa_certs - args.easyrsa_certs // 2)
+        cpu_after = _cpu_check()
+    finally:
+        _clean_up()
     per_cert_e = statistics.mean(before + after)
     first = statistics.median(firsts)
     per_sensor_o = first / args.sensors
