@@ -183,12 +183,18 @@ class Credentials:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def _close(fd: int) -> None:
+    """Close now. Under pyinfra, gevent's os.close defers closing pipes and directories
+    to its event loop, which a synchronous run like ours never reaches."""
+    os.closerange(fd, fd + 1)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
-        os.close(fd)
+        _close(fd)
 
 
 def _syncfs(path: Path) -> None:
@@ -198,7 +204,7 @@ def _syncfs(path: Path) -> None:
         if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
             os.sync()
     finally:
-        os.close(fd)
+        _close(fd)
 
 
 def _create(path: Path | str, data: bytes, mode: int) -> None:
@@ -886,26 +892,28 @@ def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
     """Each job's result; across CPU cores when there are many.
 
     Plain fork, no executor: pyinfra's gevent patches threading, which the
-    standard pools rely on. Each child takes a slice, stages its files, and
-    leaves its results in a file; the parent works the first slice itself.
+    standard pools rely on. The parent and its children draw chunks of jobs
+    from one queue until it is empty, so a core the host slows down just does
+    fewer; each child stages its files and leaves its results in a file.
     """
     global _context
     workers = int(os.environ.get("SENSORMAIL_WORKERS", os.cpu_count() or 1))
     _context = context
+    queue = -1
     try:
         if len(jobs) < PARALLEL_FROM or workers < 2:
             yield from map(_work, jobs)
             return
-        slices = [jobs[i::workers] for i in range(workers)]
+        queue, chunk = _queue(len(jobs), workers)
         children: dict[int, Path] = {}
-        for number, part in enumerate(slices[1:], 1):
+        for number in range(1, workers):
             out = context.root / f".worker-{number}.pickle"
             pid = os.fork()
             if pid == 0:  # the child: work, write results, leave without cleanup
                 status = 1
                 try:
                     try:
-                        results: object = [_work(job) for job in part]
+                        results: object = [_work(j) for j in _draw(queue, chunk, jobs)]
                     except StoreError as exc:
                         results = exc  # the operator's to resolve: reported by the parent
                     _create(out, pickle.dumps(results), 0o600)
@@ -913,7 +921,7 @@ def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
                 finally:
                     os._exit(status)
             children[pid] = out
-        yield from map(_work, slices[0])
+        yield from map(_work, _draw(queue, chunk, jobs))
         failed = []
         for pid, out in children.items():
             _, status = os.waitpid(pid, 0)
@@ -929,6 +937,33 @@ def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
             raise StoreError(f"{len(failed)} worker process(es) failed; nothing was changed")
     finally:
         _context = None
+        if queue >= 0:
+            _close(queue)
+
+
+_DONE = b"\xff\xff\xff\xff"  # one per worker, after every chunk: stop drawing
+
+
+def _queue(count: int, workers: int) -> tuple[int, int]:
+    """A pipe holding the start of every chunk of jobs, and the chunk size.
+
+    Every token is written before any worker reads, and a pipe hands each
+    read of 4 bytes one whole token: workers share it without a lock.
+    """
+    chunk = max(32, -(-count // 4096))  # at most 16 KiB of tokens: below any pipe's capacity
+    read, write = os.pipe()
+    try:
+        starts = b"".join(s.to_bytes(4, "big") for s in range(0, count, chunk))
+        os.write(write, starts + _DONE * workers)
+    finally:
+        _close(write)
+    return read, chunk
+
+
+def _draw(queue: int, chunk: int, jobs: list[_Job]) -> Iterator[_Job]:
+    while (token := os.read(queue, 4)) not in (_DONE, b""):
+        start = int.from_bytes(token, "big")
+        yield from jobs[start : start + chunk]
 
 
 def _work(job: _Job) -> _Result:

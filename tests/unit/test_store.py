@@ -173,6 +173,11 @@ def test_lab_fleet_keeps_its_passphrase_in_the_store(tmp_path, monkeypatch):
 
 def test_a_large_fleet_is_issued_across_workers(tmp_path, passphrase, monkeypatch):
     """Above PARALLEL_FROM hosts the work is forked out; the result must be the same kind."""
+    # As under pyinfra: gevent patched in, with its hub running (which defers os.close).
+    import gevent
+    import pyinfra_cli  # noqa: F401
+
+    gevent.get_hub()
     monkeypatch.setenv("SENSORMAIL_WORKERS", "2")
     sensors = [
         HostEntry(f"s{i:04d}", frozenset({"sensors"}), {"sensormail_sender": f"s{i:04d}@f.example"})
