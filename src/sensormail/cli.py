@@ -97,6 +97,15 @@ def pki_revoke(args: argparse.Namespace) -> int:
 
 def pki_forget(args: argparse.Namespace) -> int:
     """Drop a revoked (or expired) host from the registry, freeing its name and address."""
+    listed = [entry.name for entry, _ in inventory.read(Path(args.inventory))]
+    if args.name in listed:
+        # Forgotten but listed, the next deploy would issue it new keys and push them to it.
+        print(
+            f"sensormail: host {args.name!r} is still in {args.inventory}; remove it from the "
+            "inventory and deploy first (a listed host would get new keys on the next deploy)",
+            file=sys.stderr,
+        )
+        return 1
     _store(args).forget(args.name)
     print(f"sensormail: {args.name} forgotten")
     return 0
@@ -156,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("-i", "--inventory", help="find the project's store from this inventory")
     forget = command(pki_forget, "forget")
     forget.add_argument("name", help="the host's name")
-    forget.add_argument("-i", "--inventory", help="find the project's store from this inventory")
+    forget.add_argument(
+        "-i", "--inventory", required=True, help="the fleet's inventory, the host no longer in it"
+    )
     sync = command(pki_sync, "sync")
     sync.add_argument("-i", "--inventory", required=True, help="the pyinfra inventory file")
     sync.add_argument("--rotate", metavar="NAME[,NAME…]|all", help="force new keys for these")

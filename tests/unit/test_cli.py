@@ -128,3 +128,20 @@ def test_a_long_sync_shows_progress(project):
     assert result.returncode == 0, result.stderr
     assert "] 1201/1201 hosts" in result.stderr  # the bar's last state (no terminal: one line)
     assert "1201 hosts in sync" in result.stderr
+
+
+def test_forget_refuses_a_host_still_in_the_inventory(project):
+    inventory = project / "inventory" / "fleet.py"
+    assert sensormail("pki", "sync", "-i", str(inventory), cwd=project).returncode == 0
+    assert sensormail("pki", "revoke", "temp-2", cwd=project).returncode == 0
+    listed = sensormail("pki", "forget", "temp-2", "-i", str(inventory), cwd=project)
+    assert listed.returncode == 1
+    assert "'temp-2' is still in" in listed.stderr
+    assert "temp-2" in json.loads((project / "pki" / "registry.json").read_text())["hosts"]
+
+    inventory.write_text(
+        INVENTORY.replace('("temp-2", {"sensormail_sender": "temp-2@sensors.fleet.example"}),', "")
+    )
+    gone = sensormail("pki", "forget", "temp-2", "-i", str(inventory), cwd=project)
+    assert gone.returncode == 0, gone.stderr
+    assert "temp-2" not in json.loads((project / "pki" / "registry.json").read_text())["hosts"]
