@@ -10,6 +10,7 @@ a run that finds a journal finishes those renames first. Secrets are created
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import datetime as dt
 import fcntl
@@ -19,7 +20,9 @@ import os
 import pickle
 import re
 import secrets
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -314,6 +317,18 @@ class _Batch:
 
 # -- the store ----------------------------------------------------------------
 
+_PREVIEW = ".preview-"  # + the PID of the dry run using it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
 
 @dataclass(frozen=True)
 class _Want:
@@ -371,6 +386,9 @@ class Store:
             # A run cut off after its journal was written is finished first;
             # what a run cut off before it had staged is thrown away.
             _Batch(self.path).roll_forward()
+            for preview in self.path.glob(f"{_PREVIEW}*"):
+                if not _alive(int(preview.name[len(_PREVIEW) :] or 0)):
+                    shutil.rmtree(preview, ignore_errors=True)  # a killed dry run's keys
             for directory in (self.path, self.ca_dir, self.path / "hosts"):
                 if directory.is_dir():
                     for stale in (*directory.glob(".*.new"), *directory.glob(".worker-*.pickle")):
@@ -650,6 +668,36 @@ class Store:
                 tuple(new),
                 tuple(reissued),
             )
+
+    def preview(
+        self, fleet: Fleet, *, rotate: frozenset[str] | set[str] = frozenset()
+    ) -> Credentials:
+        """What `sync` would make, made in a throwaway copy: this store is left as it is.
+
+        For a dry run that shows what a deploy would change. The copy is hard
+        links in `.preview-PID/` inside the store (nothing here is ever written
+        in place, so the links are never written through); the keys it makes
+        are never used and go with it when the process exits. With no store
+        yet, the preview is a new store in a private temporary directory.
+        """
+        if not self.path.is_dir():
+            fresh = Path(tempfile.mkdtemp(prefix="sensormail-preview-"))
+            atexit.register(shutil.rmtree, fresh, ignore_errors=True)
+            return Store(fresh / "pki").sync(fleet, rotate=rotate)
+        copy = self.path / f"{_PREVIEW}{os.getpid()}"
+        shutil.rmtree(copy, ignore_errors=True)
+        atexit.register(shutil.rmtree, copy, ignore_errors=True)
+        copy.mkdir(mode=0o700)
+        with self.locked():
+            for directory, folders, files in os.walk(self.path):
+                here = Path(directory)
+                folders[:] = [f for f in folders if not f.startswith(_PREVIEW)]
+                target = copy / here.relative_to(self.path)
+                target.mkdir(mode=0o700, exist_ok=True)
+                for name in files:
+                    if name != ".lock":
+                        os.link(here / name, target / name)
+        return Store(copy).sync(fleet, rotate=rotate)
 
     def _pending(self, batch: _Batch, jobs: list[_Job]) -> None:
         batch.discard()

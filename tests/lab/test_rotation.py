@@ -23,6 +23,37 @@ def _gateway_state(the_lab) -> tuple[str, str]:
     return peers, ccert
 
 
+def _store_files(the_lab) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(the_lab.pki_dir)): p.read_bytes()
+        for p in sorted(the_lab.pki_dir.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_a_dry_run_previews_a_rotation_and_changes_nothing(deployed_lab):
+    """--dry with new keys due shows what would change, made with throwaway keys."""
+    store = _store_files(deployed_lab)
+    sums = "sha256sum /etc/wireguard/sensormail.conf /etc/sensormail/private/key.pem"
+    sensor = deployed_lab.ssh("sensor-1", sums).stdout
+    gateway = deployed_lab.ssh("gateway", "sha256sum /etc/postfix/sensormail/ccert_access").stdout
+    dry = deployed_lab.deploy("--dry", "--diff", "--data", "rotate=sensor-1")
+    output = dry.stdout + dry.stderr
+    assert dry.returncode == 0, output[-3000:]
+    # The sensor's keys and the gateway's certificate map would change: shown by path
+    # (secrets) and by diff (the map), with no key in sight.
+    assert "/etc/sensormail/private/key.pem" in output
+    assert "ccert_access" in output
+    assert "PRIVATE KEY" not in output
+    assert _store_files(deployed_lab) == store
+    assert not list(deployed_lab.pki_dir.glob(".preview-*"))
+    assert deployed_lab.ssh("sensor-1", sums).stdout == sensor
+    assert (
+        deployed_lab.ssh("gateway", "sha256sum /etc/postfix/sensormail/ccert_access").stdout
+        == gateway
+    )
+
+
 def test_revoked_sensor_is_cut_off_and_rotation_readmits_it(deployed_lab):
     before = _registry(deployed_lab)["hosts"]["sensor-2"]
     revoked = deployed_lab.sensormail("pki", "revoke", "sensor-2")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -15,6 +19,7 @@ from sensormail.fleet import build_fleet
 from sensormail.store import HostCredentials, Store, StoreError
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture
@@ -266,3 +271,58 @@ def test_forget_frees_a_revoked_hosts_address(store):
     assert creds["temp-3"].record.address == first["temp-1"].record.address
     serial = int(first["temp-1"].record.cert_serial, 16)
     assert _crl(store).get_revoked_certificate_by_serial_number(serial) is not None
+
+
+def _files(root) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock" and ".preview-" not in str(p)
+    }
+
+
+def test_a_preview_makes_what_sync_would_and_leaves_the_store_alone(store):
+    """What a dry run shows: new keys made in a throwaway copy, never in the store."""
+    fleet = build_fleet(entries())
+    store.sync(fleet)
+    before = _files(store.path)
+    preview = store.preview(fleet, rotate={"temp-1"})
+    assert preview["temp-1"].record.cert_sha256 != store.load_registry()["temp-1"].cert_sha256
+    assert preview["temp-2"].record == store.load_registry()["temp-2"]  # nothing due: the same
+    copy = preview["temp-1"].path.parent.parent
+    assert copy.parent == store.path and copy.name.startswith(".preview-")
+    assert preview["temp-1"].path.stat().st_mode & 0o777 == 0o600
+    assert _files(store.path) == before
+    # The next run of the store's lock keeps a live preview and clears a killed one's.
+    dead = store.path / ".preview-999999999"
+    dead.mkdir(mode=0o700)
+    store.sync(fleet)
+    assert copy.exists() and not dead.exists()
+
+
+def test_a_preview_of_a_store_not_yet_made_makes_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("SENSORMAIL_CA_PASSPHRASE", "lifecycle")
+    store = Store(tmp_path / "pki")
+    preview = store.preview(build_fleet(entries()))
+    assert set(preview.hosts) == {"gw", "temp-1", "temp-2"}
+    assert not store.path.exists()
+
+
+def test_a_preview_is_gone_when_the_process_ends(tmp_path):
+    script = (
+        "import sys; sys.path.insert(0, 'tests/unit')\n"
+        "from pathlib import Path\n"
+        "from sample import entries\n"
+        "from sensormail.fleet import build_fleet\n"
+        "from sensormail.store import Store\n"
+        f"store = Store(Path({str(tmp_path / 'pki')!r}))\n"
+        "store.sync(build_fleet(entries()))\n"
+        "print(store.preview(build_fleet(entries()), rotate={'temp-1'})['temp-1'].path)\n"
+    )
+    env = dict(os.environ, SENSORMAIL_CA_PASSPHRASE="lifecycle")
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert ".preview-" in done.stdout
+    assert not list((tmp_path / "pki").glob(".preview-*"))

@@ -53,7 +53,8 @@ def _prepare() -> tuple[Fleet, Credentials]:
         creds = store.sync(fleet, rotate=rotate, dry_run=True)
     except PendingChanges as pending:
         if "--dry" in sys.argv:  # pyinfra runs deploy files the same way for a dry run
-            raise
+            # Show what the deploy would push, with keys made for the preview only.
+            return fleet, store.preview(fleet, rotate=rotate)
         active = {h.name for h in inventory.iter_activated_hosts()}
         left_out = (pending.hosts | {fleet.gateway.name}) - active
         if left_out:
