@@ -52,9 +52,6 @@ def _prepare() -> tuple[Fleet, Credentials]:
     try:
         creds = store.sync(fleet, rotate=rotate, dry_run=True)
     except PendingChanges as pending:
-        if "--dry" in sys.argv:  # pyinfra runs deploy files the same way for a dry run
-            # Show what the deploy would push, with keys made for the preview only.
-            return fleet, store.preview(fleet, rotate=rotate)
         active = {h.name for h in inventory.iter_activated_hosts()}
         left_out = (pending.hosts | {fleet.gateway.name}) - active
         if left_out:
@@ -63,6 +60,9 @@ def _prepare() -> tuple[Fleet, Credentials]:
                 f"must all be part of this run, but {_names(left_out)} "
                 f"{'is' if len(left_out) == 1 else 'are'} not (drop --limit, or include them)"
             ) from None
+        if "--dry" in sys.argv:  # pyinfra runs deploy files the same way for a dry run
+            # Show what the deploy would push, with keys made for the preview only.
+            return fleet, store.preview(fleet, rotate=rotate)
         creds = store.sync(fleet, rotate=rotate)
     return fleet, creds
 
