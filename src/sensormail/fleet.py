@@ -7,12 +7,13 @@ knows neither pyinfra nor Ansible: a deployer turns its inventory into
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 __all__ = [
@@ -46,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
 }
 GATEWAY_KEYS = {"sensormail_endpoint", "sensormail_mail_name", "sensormail_relay"}
 SENSOR_KEYS = {"sensormail_sender", "sensormail_mode"}
+_KNOWN_KEYS = frozenset(DEFAULTS) | GATEWAY_KEYS | SENSOR_KEYS
+_GROUPS = frozenset({GATEWAY_GROUP, SENSOR_GROUP})
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -128,6 +131,15 @@ class Fleet:
 
 def _problem(host: str, key: str, text: str) -> str:
     return f"host {host!r}, field {key!r}: {text}"
+
+
+@lru_cache(maxsize=4096)  # the same few keys on every host of a large fleet
+def _near(word: str, choices: frozenset[str]) -> str:
+    """The choice `word` is most likely a misspelling of, quoted; '' if none is close."""
+    if word in choices:
+        return ""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.85)
+    return repr(close[0]) if close else ""
 
 
 def _port(host: str, key: str, value: Any, problems: list[str]) -> int:
@@ -221,14 +233,29 @@ def build_fleet(entries: Iterable[HostEntry]) -> Fleet:
         allowed |= GATEWAY_KEYS if is_gateway else set()
         allowed |= SENSOR_KEYS if is_sensor else set()
         for key in sorted(entry.data):
-            if not key.startswith(PREFIX) or key in allowed:
+            if key in allowed:
                 continue
-            if key in GATEWAY_KEYS | SENSOR_KEYS:
+            near = _near(key, _KNOWN_KEYS)
+            unknown = f"unknown key (did you mean {near}?)" if near else "unknown key"
+            if not key.startswith(PREFIX):
+                if near:  # a misspelt prefix: silently ignored otherwise
+                    problems.append(_problem(entry.name, key, unknown))
+            elif key in GATEWAY_KEYS | SENSOR_KEYS:
                 role = "gateway" if key in GATEWAY_KEYS else "sensor"
                 if is_gateway or is_sensor:
                     problems.append(_problem(entry.name, key, f"only valid on a {role} host"))
+                else:
+                    # A misspelt group: the host would silently drop out of the fleet.
+                    groups = ", ".join(sorted(entry.groups)) or "none"
+                    near = next(filter(None, (_near(g, _GROUPS) for g in entry.groups)), "")
+                    hint = f"; did you mean {near}?" if near else ""
+                    text = (
+                        f"has {key} but is in neither group {GATEWAY_GROUP!r} nor "
+                        f"{SENSOR_GROUP!r} (its groups: {groups}{hint})"
+                    )
+                    problems.append(_problem(entry.name, "groups", text))
             else:
-                problems.append(_problem(entry.name, key, "unknown key"))
+                problems.append(_problem(entry.name, key, unknown))
 
     # Fleet-wide options: read from the gateway, must agree on every fleet host.
     options = dict(DEFAULTS)

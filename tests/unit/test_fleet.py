@@ -84,3 +84,26 @@ def test_every_problem_is_reported_at_once():
 def test_duplicate_host_names():
     problems = _problems([*entries(), entries("temp-1")[0]])
     assert "host 'temp-1', field 'name': duplicate host name" in problems
+
+
+def test_a_misspelt_group_does_not_drop_a_sensor_silently():
+    hosts = entries()
+    misplaced = HostEntry("temp-3", frozenset({"sensor"}), {"sensormail_sender": "t3@x.example"})
+    with pytest.raises(FleetError) as err:
+        build_fleet([*hosts, misplaced])
+    assert (
+        "host 'temp-3', field 'groups': has sensormail_sender but is in neither group 'gateway' "
+        "nor 'sensors' (its groups: sensor; did you mean 'sensors'?)"
+    ) in str(err.value)
+    # A host of some other group, with nothing of ours, is no business of the fleet.
+    other = HostEntry("monitor", frozenset({"monitoring"}), {"ssh_port": 22})
+    assert "monitor" not in build_fleet([*hosts, other]).hosts
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [("sensormial_relay", "sensormail_relay"), ("sensormail_sendr", "sensormail_sender")],
+)
+def test_a_misspelt_key_is_named_with_what_was_meant(key, meant):
+    with pytest.raises(FleetError, match=f"field '{key}': unknown key \\(did you mean '{meant}'"):
+        build_fleet(entries(**{"temp-1": {key: "x"}}))
