@@ -132,11 +132,14 @@ def pki_sync(args: argparse.Namespace) -> int:
             "a new store with a new CA" if new_store else "",
             f"{len(new)} new" if new else "",
             f"{len(reissued)} renewed or rotated" if reissued else "",
+            "CRL re-issued" if creds.crl_reissued and not new_store else "",
         )
         if part
     )
+    revoked = sum(1 for host in creds.hosts.values() if host.revoked)
+    cut_off = f", {revoked} revoked" if revoked else ""
     print(
-        f"sensormail: {len(creds.hosts)} hosts in sync in {store.path} "
+        f"sensormail: {len(creds.hosts)} hosts in sync{cut_off} in {store.path} "
         f"({what or 'nothing changed'}; {time.monotonic() - started:.2f}s)",
         file=sys.stderr,
     )

@@ -176,6 +176,7 @@ class Credentials:
     crl_pem: bytes = b""
     new: tuple[str, ...] = ()  # hosts given their first credentials by this sync
     reissued: tuple[str, ...] = ()  # hosts whose certificate this sync replaced
+    crl_reissued: bool = False
 
     def __getitem__(self, name: str) -> HostCredentials:
         return self.hosts[name]
@@ -654,6 +655,7 @@ class Store:
                 if progress and (done % 500 == 0 or done == len(jobs)):
                     progress(done, len(jobs))
             self._check_unique(records)
+            staged = batch.changes
             crl = self._ensure_crl(issuing, revoked, fleet, now, batch)
             after = self._registry_bytes(records, revoked, lines)
             if after != before:
@@ -667,6 +669,7 @@ class Store:
                 crl.public_bytes(serialization.Encoding.PEM),
                 tuple(new),
                 tuple(reissued),
+                batch.changes > staged,
             )
 
     def preview(

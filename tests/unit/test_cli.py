@@ -145,3 +145,16 @@ def test_forget_refuses_a_host_still_in_the_inventory(project):
     gone = sensormail("pki", "forget", "temp-2", "-i", str(inventory), cwd=project)
     assert gone.returncode == 0, gone.stderr
     assert "temp-2" not in json.loads((project / "pki" / "registry.json").read_text())["hosts"]
+
+
+def test_sync_after_a_revocation_says_the_crl_changed(project):
+    inventory = project / "inventory" / "fleet.py"
+    first = sensormail("pki", "sync", "-i", str(inventory), cwd=project)
+    assert "CRL" not in first.stderr  # the first CRL comes with the new store
+    assert sensormail("pki", "revoke", "temp-2", cwd=project).returncode == 0
+    synced = sensormail("pki", "sync", "-i", str(inventory), cwd=project)
+    assert synced.returncode == 0, synced.stderr
+    assert "3 hosts in sync, 1 revoked" in synced.stderr
+    assert "(CRL re-issued;" in synced.stderr
+    again = sensormail("pki", "sync", "-i", str(inventory), cwd=project)
+    assert "(nothing changed;" in again.stderr
