@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,9 +18,16 @@ from .store import Store, StoreError, default_dir
 __all__ = ["main"]
 
 
-def _store(args: argparse.Namespace) -> Store:
+def _store(args: argparse.Namespace, existing: bool = False) -> Store:
+    """The project's store; with `existing`, one that a sync has made (none is made here)."""
     hint = Path(args.inventory).resolve().parent if getattr(args, "inventory", None) else None
-    return Store(default_dir(hint))
+    store = Store(default_dir(hint))
+    if existing and not store.registry_path.exists():
+        raise StoreError(
+            f"no store at {store.path}: run this in the project (the directory holding "
+            "deploy.py and inventory/), give -i INVENTORY, or set SENSORMAIL_PKI_DIR"
+        )
+    return store
 
 
 def _progress(started: float):
@@ -45,7 +53,7 @@ def _progress(started: float):
 
 def pki_status(args: argparse.Namespace) -> int:
     """Show every host's credentials; non-zero exit if any expire within --warn-days."""
-    store = _store(args)
+    store = _store(args, existing=True)
     records = store.load_registry()
     if not records:
         print(f"sensormail: no hosts registered in {store.path}", file=sys.stderr)
@@ -90,7 +98,7 @@ def pki_status(args: argparse.Namespace) -> int:
 
 def pki_revoke(args: argparse.Namespace) -> int:
     """Revoke a sensor: recorded now, applied to the CRL and every layer on the next deploy."""
-    rec = _store(args).revoke(args.name)
+    rec = _store(args, existing=True).revoke(args.name)
     print(f"sensormail: {rec.name} revoked ({rec.revoked}); deploy to apply it everywhere")
     return 0
 
@@ -106,7 +114,7 @@ def pki_forget(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    _store(args).forget(args.name)
+    _store(args, existing=True).forget(args.name)
     print(f"sensormail: {args.name} forgotten")
     return 0
 
@@ -159,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         return sub
 
     status = command(pki_status, "status")
-    status.add_argument("--warn-days", type=int, default=30, metavar="N")
+    status.add_argument(
+        "--warn-days", type=_days, default=30, metavar="N",
+        help="exit 1 if a certificate expires within N days (default 30)",
+    )  # fmt: skip
     status.add_argument(
         "-i", "--inventory", help="the fleet's inventory: its store, and only its hosts count"
     )
@@ -180,6 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, FleetError) as exc:
         print(f"sensormail: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `pki status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _days(text: str) -> int:
+    days = int(text)
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"a number of days, 0 or more, not {days}")
+    return days
 
 
 if __name__ == "__main__":

@@ -158,3 +158,11 @@ def test_sync_after_a_revocation_says_the_crl_changed(project):
     assert "(CRL re-issued;" in synced.stderr
     again = sensormail("pki", "sync", "-i", str(inventory), cwd=project)
     assert "(nothing changed;" in again.stderr
+
+
+def test_commands_outside_a_project_make_no_store(tmp_path):
+    for command in (["status"], ["revoke", "temp-1"]):
+        result = sensormail("pki", *command, cwd=tmp_path)
+        assert result.returncode == 1
+        assert f"no store at {tmp_path / 'pki'}: run this in the project" in result.stderr
+    assert not (tmp_path / "pki").exists()
