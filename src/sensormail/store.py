@@ -524,6 +524,12 @@ class Store:
     def load(self) -> tuple[dict[str, HostRecord], list[Revocation]]:
         """The registry: host records and the revocation list."""
         if not self.registry_path.exists():
+            if (self.ca_dir / "root.crt").exists():
+                # Rebuilt from the bundles, it would forget revocations and renumber hosts.
+                raise StoreError(
+                    f"{self.registry_path} is missing beside an existing CA; restore it from "
+                    "a backup"
+                )
             return {}, []
         try:
             raw = json.loads(self.registry_path.read_text())
@@ -629,7 +635,7 @@ class Store:
                     and os.path.exists(bundle)
                 ):
                     continue  # the common case on a rerun: nothing to read or write
-                jobs.append(_Job(name, want, addresses[name], name in rotate, rec is not None))
+                jobs.append(_Job(name, want, addresses[name], name in rotate, rec))
             if dry_run and jobs:
                 # Enough to know: the work itself is left to the real run.
                 self._pending(batch, jobs)
@@ -900,7 +906,11 @@ class _Job:
     want: _Want
     address: str
     rotate: bool
-    registered: bool  # the registry knows the host: its bundle must exist
+    record: HostRecord | None  # what the registry knows of the host: its bundle must exist
+
+    @property
+    def registered(self) -> bool:
+        return self.record is not None
 
 
 @dataclass(frozen=True)
@@ -1028,33 +1038,28 @@ def _work(job: _Job) -> _Result:
     superseded = []
 
     cert = key = wg_private = None
-    fresh = not os.path.exists(path)
+    # A bundle the registry never named is a leftover (an interrupted run, a
+    # forgotten host, a restored file): never adopted, its keys may be revoked.
+    fresh = job.record is None or not os.path.exists(path)
     if job.registered and not job.rotate and fresh:
         raise StoreError(
             f"host {job.name!r}: {path} is missing; restore it from a backup, or give the "
-            f"host new keys (--data rotate={job.name})"
+            f"host new keys (--data rotate={job.name}, or pki sync --rotate {job.name})"
         )
     if not fresh and not job.rotate:
         # Keys are kept unless rotating: a registered host's bundle that cannot
-        # be read is an error to resolve, never a reason to make new keys
-        # silently. One the registry never named is a leftover: written anew.
+        # be read is an error to resolve, never a reason to make new keys silently.
+        chain, key_pem, wg_private = _read_bundle(Path(path), job.name)
         try:
-            parts = _read_bundle(Path(path), job.name)
-        except StoreError:
-            if job.registered:
-                raise
-            parts = None
-            fresh = True
-    if not fresh and not job.rotate and parts is not None:
-        cert = pki.load_cert(parts[0])
-        loaded = serialization.load_pem_private_key(parts[1], None)
+            cert = pki.load_cert(chain)
+            loaded = serialization.load_pem_private_key(key_pem, None)
+        except ValueError as exc:
+            raise StoreError(
+                f"host {job.name!r}: {path} is damaged ({exc}); restore it from a backup, "
+                f"or give the host new keys (--data rotate={job.name})"
+            ) from None
         assert isinstance(loaded, ec.EllipticCurvePrivateKey)
-        key, wg_private = loaded, parts[2]
-    elif not fresh:  # rotating: the old certificate goes on the CRL below
-        try:
-            cert = pki.load_cert(Path(path).read_bytes())
-        except ValueError:
-            cert = None
+        key = loaded
     if wg_private is None:
         wg = pki.wireguard_keys()
         wg_private, wg_public = wg.private, wg.public
@@ -1072,9 +1077,10 @@ def _work(job: _Job) -> _Result:
         and not _cert_due(cert, now, lifetimes.renew_after)
     )
     if not keep:
-        if job.rotate and cert is not None and cert.not_valid_after_utc > now:
-            serial = format(cert.serial_number, "x")
-            superseded.append(Revocation(serial, job.name, now.isoformat(), "superseded"))
+        old = job.record
+        if job.rotate and old is not None and _utc(old.not_after) > now:
+            # From the registry, which the gateway trusts: right even if the bundle is lost.
+            superseded.append(Revocation(old.cert_serial, job.name, now.isoformat(), "superseded"))
         days = ctx.cert_days
         if days < 1:
             raise StoreError(

@@ -107,3 +107,24 @@ def test_a_misspelt_group_does_not_drop_a_sensor_silently():
 def test_a_misspelt_key_is_named_with_what_was_meant(key, meant):
     with pytest.raises(FleetError, match=f"field '{key}': unknown key \\(did you mean '{meant}'"):
         build_fleet(entries(**{"temp-1": {key: "x"}}))
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "field"),
+    [
+        ("temp-1", {"sensormail_sender": "temp-1@sensors.fleet.example\n"}, "sensormail_sender"),
+        ("temp-1", {"sensormail_sender": "temp-1\n@sensors.fleet.example"}, "sensormail_sender"),
+        ("gw", {"sensormail_mail_name": "gw.fleet.example\n"}, "sensormail_mail_name"),
+        ("gw", {"sensormail_relay": "[192.0.2.25]:25\n"}, "sensormail_relay"),
+    ],
+)
+def test_a_trailing_newline_is_refused(host, extra, field):
+    """It would split lines of main.cf, the WireGuard config and the certificate map."""
+    with pytest.raises(FleetError, match=f"host '{host}', field '{field}'"):
+        build_fleet(entries(**{host: extra}))
+
+
+def test_a_host_name_with_a_newline_is_refused():
+    named = HostEntry("temp-3\n", frozenset({"sensors"}), {"sensormail_sender": "t3@x.example"})
+    with pytest.raises(FleetError, match="field 'name'"):
+        build_fleet([*entries(), named])

@@ -326,3 +326,39 @@ def test_a_preview_is_gone_when_the_process_ends(tmp_path):
     assert done.returncode == 0, done.stderr
     assert ".preview-" in done.stdout
     assert not list((tmp_path / "pki").glob(".preview-*"))
+
+
+def test_a_lost_registry_is_never_rebuilt_from_the_bundles(store):
+    """Rebuilt, it would forget revocations and renumber the fleet."""
+    fleet = build_fleet(entries())
+    store.sync(fleet, now=NOW)
+    store.revoke("temp-1", now=NOW)
+    store.registry_path.unlink()
+    with pytest.raises(StoreError, match=r"registry\.json is missing beside an existing CA"):
+        store.sync(fleet, now=NOW)
+
+
+def test_a_bundle_the_registry_does_not_name_is_never_adopted(store, tmp_path):
+    """A forgotten host's bundle put back (a backup, a crash in forget) brings no old key."""
+    fleet = build_fleet(entries())
+    first = store.sync(fleet, now=NOW)
+    old = first["temp-1"].record
+    saved = tmp_path / "saved.pem"
+    saved.write_bytes(store.host_file("temp-1").read_bytes())
+    store.revoke("temp-1", now=NOW)
+    store.sync(build_fleet(entries("gw", "temp-2")), now=NOW)
+    store.forget("temp-1", now=NOW)
+    store.host_file("temp-1").write_bytes(saved.read_bytes())
+    again = store.sync(fleet, now=NOW)["temp-1"].record
+    assert again.cert_sha256 != old.cert_sha256 and again.wg_public != old.wg_public
+    assert not again.revoked
+
+
+def test_rotating_a_host_whose_bundle_is_lost_lists_its_old_certificate(store):
+    fleet = build_fleet(entries())
+    old = store.sync(fleet, now=NOW)["temp-1"].record
+    store.host_file("temp-1").unlink()
+    with pytest.raises(StoreError, match="is missing; restore it from a backup"):
+        store.sync(fleet, now=NOW)
+    store.sync(fleet, now=NOW, rotate={"temp-1"})
+    assert _crl(store).get_revoked_certificate_by_serial_number(int(old.cert_serial, 16))
