@@ -153,7 +153,34 @@ class HostCredentials:
 
     @cached_property
     def _parts(self) -> tuple[bytes, bytes, str]:
-        return _read_bundle(self.path, self.record.name)
+        parts = _read_bundle(self.path, self.record.name)
+        self.check(*parts)
+        return parts
+
+    def verify(self) -> None:
+        """Read the bundle now; StoreError if it does not match the registry."""
+        self._parts  # noqa: B018 (reading it is the check)
+
+    def check(self, chain: bytes, key_pem: bytes, wg_private: str) -> None:
+        """The bundle must hold what the registry lists, which the gateway's maps come
+        from: a copied, swapped or half-restored bundle never reaches a host."""
+        try:
+            cert = pki.load_cert(chain)
+            key = serialization.load_pem_private_key(key_pem, None)
+            wg_public = pki.wireguard_public(wg_private)
+        except ValueError as exc:
+            raise StoreError(f"host {self.name!r}: {self.path} is damaged ({exc})") from None
+        if (
+            pki.fingerprint(cert) != self.record.cert_sha256
+            or not isinstance(key, ec.EllipticCurvePrivateKey)
+            or not pki.key_matches(cert, key)
+            or wg_public != self.record.wg_public
+        ):
+            raise StoreError(
+                f"host {self.name!r}: {self.path} does not hold the keys the registry lists "
+                f"for it; restore it from a backup, or give the host new keys "
+                f"(--data rotate={self.name})"
+            )
 
     @property
     def cert_chain_pem(self) -> bytes:

@@ -362,3 +362,14 @@ def test_rotating_a_host_whose_bundle_is_lost_lists_its_old_certificate(store):
         store.sync(fleet, now=NOW)
     store.sync(fleet, now=NOW, rotate={"temp-1"})
     assert _crl(store).get_revoked_certificate_by_serial_number(int(old.cert_serial, 16))
+
+
+def test_a_copied_bundle_never_reaches_a_host(store):
+    """temp-1 holding temp-2's keys would let it pass for temp-2 at the gateway."""
+    fleet = build_fleet(entries())
+    store.sync(fleet, now=NOW)
+    store.host_file("temp-1").write_bytes(store.host_file("temp-2").read_bytes())
+    creds = store.sync(fleet, now=NOW)  # the fast path reads no bundle...
+    with pytest.raises(StoreError, match="does not hold the keys the registry lists"):
+        render.sensor_files(fleet, creds, "temp-1")  # ...what is pushed is checked
+    assert render.sensor_files(fleet, creds, "temp-2")

@@ -43,6 +43,16 @@ def fleet_and_credentials() -> tuple[Fleet, Credentials]:
 
 
 def _prepare() -> tuple[Fleet, Credentials]:
+    fleet, creds = _synced()
+    # Every bundle this run pushes is read and checked against the registry now,
+    # so a damaged or swapped one stops the run before any operation exists.
+    for host in inventory.iter_activated_hosts():
+        if host.name in creds.hosts and not creds[host.name].revoked:
+            creds[host.name].verify()
+    return fleet, creds
+
+
+def _synced() -> tuple[Fleet, Credentials]:
     hosts = list(inventory)
     fleet = build_fleet(inventory_adapter.entries(hosts))
     rotate = inventory_adapter.rotation(h.data.dict() for h in hosts)
