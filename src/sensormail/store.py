@@ -452,6 +452,13 @@ class Store:
             # Lab only: the passphrase lives next to the key it protects.
             path = self.path / "lab-passphrase"
             if not path.exists():
+                if (self.ca_dir / "root.key").exists():
+                    # A new passphrase cannot open the CA that exists: say what can.
+                    raise StoreError(
+                        f"{self.path}: this CA was made with a passphrase of your own and "
+                        "there is no lab-passphrase; set SENSORMAIL_CA_PASSPHRASE or "
+                        "SENSORMAIL_CA_PASSPHRASE_FILE"
+                    )
                 if not create:
                     raise StoreError(f"{self.path}: a new lab store would be created")
                 write_atomic(path, secrets.token_urlsafe(24).encode() + b"\n", 0o600)

@@ -171,6 +171,17 @@ def test_lab_fleet_keeps_its_passphrase_in_the_store(tmp_path, monkeypatch):
     assert (store.path / "lab-passphrase").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_store_with_its_own_passphrase_gets_no_lab_one(tmp_path, monkeypatch):
+    """Marking a fleet as a lab later must not leave a passphrase that opens nothing."""
+    monkeypatch.setenv("SENSORMAIL_CA_PASSPHRASE", "the operator's own")
+    store = Store(tmp_path / "pki")
+    store.sync(build_fleet(entries()))
+    monkeypatch.delenv("SENSORMAIL_CA_PASSPHRASE")
+    with pytest.raises(StoreError, match="made with a passphrase of your own"):
+        store.sync(build_fleet(entries(gw={"sensormail_lab": True})))
+    assert not (store.path / "lab-passphrase").exists()
+
+
 def test_a_large_fleet_is_issued_across_workers(tmp_path, passphrase, monkeypatch):
     """Above PARALLEL_FROM hosts the work is forked out; the result must be the same kind."""
     # As under pyinfra: gevent patched in, with its hub running (which defers os.close).
