@@ -779,11 +779,14 @@ class Store:
         in_fleet = set(fleet.hosts)
         taken: dict[str, str] = {}
         result: dict[str, str] = {}
-        for name in sorted(records):
+        expired = {name for name, rec in records.items() if _utc(rec.not_after) <= now}
+        for name in sorted(records, key=lambda n: (n in expired, n)):  # live records first
             rec = records[name]
-            if name not in in_fleet and _utc(rec.not_after) <= now:
+            if name in expired and name not in in_fleet:
                 continue  # expired and gone: its address may be given again
             if rec.address in taken:
+                if name in expired:
+                    continue  # back after its address went to another host: takes a new one
                 raise StoreError(
                     f"host {name!r}, field 'address': {rec.address} is also registered to "
                     f"{taken[rec.address]!r}; fix {self.registry_path}"

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from sample import entries
 
 from sensormail import pki, render
-from sensormail.fleet import build_fleet
+from sensormail.fleet import HostEntry, build_fleet
 from sensormail.store import HostCredentials, Store, StoreError
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
@@ -373,3 +373,19 @@ def test_a_copied_bundle_never_reaches_a_host(store):
     with pytest.raises(StoreError, match="does not hold the keys the registry lists"):
         render.sensor_files(fleet, creds, "temp-1")  # ...what is pushed is checked
     assert render.sensor_files(fleet, creds, "temp-2")
+
+
+def test_a_host_back_after_its_address_was_reused_takes_a_new_one(store):
+    both = build_fleet(entries())
+    first = store.sync(both, now=NOW)
+    later = NOW + dt.timedelta(days=400)  # temp-1's certificate has expired
+    newcomer = HostEntry(
+        "temp-3", frozenset({"sensors"}), {"sensormail_sender": "temp-3@sensors.fleet.example"}
+    )
+    store.sync(build_fleet([*entries("gw", "temp-2"), newcomer]), now=later)
+    assert store.load_registry()["temp-3"].address == first["temp-1"].record.address
+    back = store.sync(build_fleet([*entries(), newcomer]), now=later)
+    addresses = {name: host.record.address for name, host in back.hosts.items()}
+    assert len(set(addresses.values())) == len(addresses)
+    assert addresses["temp-3"] == first["temp-1"].record.address  # the live holder keeps it
+    assert addresses["temp-2"] == first["temp-2"].record.address
