@@ -30,6 +30,12 @@ def _store(args: argparse.Namespace, existing: bool = False) -> Store:
     return store
 
 
+def _read_inventory(path: str) -> list:
+    if not Path(path).is_file():
+        raise StoreError(f"no inventory file {path}")
+    return inventory.read(Path(path))
+
+
 def _progress(started: float):
     """A progress bar on stderr for runs long enough to need one."""
     interactive = sys.stderr.isatty()
@@ -62,7 +68,7 @@ def pki_status(args: argparse.Namespace) -> int:
     # With an inventory, hosts gone from it are shown but do not fail the check.
     current = None
     if args.inventory:
-        current = {entry.name for entry, _ in inventory.read(Path(args.inventory))}
+        current = {entry.name for entry, _ in _read_inventory(args.inventory)}
     rows = []
     for name in ("root", "issuing"):
         path = store.ca_dir / f"{name}.crt"
@@ -105,7 +111,7 @@ def pki_revoke(args: argparse.Namespace) -> int:
 
 def pki_forget(args: argparse.Namespace) -> int:
     """Drop a revoked (or expired) host from the registry, freeing its name and address."""
-    listed = [entry.name for entry, _ in inventory.read(Path(args.inventory))]
+    listed = [entry.name for entry, _ in _read_inventory(args.inventory)]
     if args.name in listed:
         # Forgotten but listed, the next deploy would issue it new keys and push them to it.
         print(

@@ -88,6 +88,19 @@ def default_dir(*hints: Path | None) -> Path:
     return Path.cwd().resolve() / "pki"
 
 
+def _env_number(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise StoreError(f"{name}: not a number of 0 or more: {text!r}")
+    return value
+
+
 def _utc(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
@@ -395,7 +408,7 @@ class Store:
     def locked(self, timeout: float | None = None) -> Iterator[None]:
         """Hold the store's lock; wait for another run up to `timeout` seconds."""
         if timeout is None:
-            timeout = float(os.environ.get("SENSORMAIL_LOCK_TIMEOUT", "300"))
+            timeout = _env_number("SENSORMAIL_LOCK_TIMEOUT", 300.0)
         self._mkdir(self.path)
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -572,6 +585,8 @@ class Store:
                 raise StoreError(f"{self.registry_path}: unknown registry version {version}")
             records = {name: HostRecord(**rec) for name, rec in raw["hosts"].items()}
             revoked = [Revocation(**r) for r in raw.get("revoked", [])]
+            for gone in revoked:
+                int(gone.serial, 16)
             for name, rec in records.items():
                 _address_int(rec.address)
                 for stamp in (rec.not_before, rec.not_after):
@@ -995,7 +1010,7 @@ def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
     fewer; each child stages its files and leaves its results in a file.
     """
     global _context
-    workers = int(os.environ.get("SENSORMAIL_WORKERS", os.cpu_count() or 1))
+    workers = int(_env_number("SENSORMAIL_WORKERS", os.cpu_count() or 1))
     _context = context
     queue = -1
     try:

@@ -166,3 +166,16 @@ def test_commands_outside_a_project_make_no_store(tmp_path):
         assert result.returncode == 1
         assert f"no store at {tmp_path / 'pki'}: run this in the project" in result.stderr
     assert not (tmp_path / "pki").exists()
+
+
+def test_bad_settings_are_named_not_tracebacks(project):
+    inventory = project / "inventory" / "fleet.py"
+    missing = sensormail("pki", "forget", "temp-1", "-i", str(project / "nope.py"), cwd=project)
+    assert missing.returncode == 1 and "no inventory file" in missing.stderr
+    workers = sensormail("pki", "sync", "-i", str(inventory), cwd=project, SENSORMAIL_WORKERS="x")
+    assert sensormail("pki", "sync", "-i", str(inventory), cwd=project).returncode == 0
+    timeout = sensormail("pki", "revoke", "temp-1", cwd=project, SENSORMAIL_LOCK_TIMEOUT="abc")
+    for result, name in ((workers, "SENSORMAIL_WORKERS"), (timeout, "SENSORMAIL_LOCK_TIMEOUT")):
+        assert result.returncode == 1
+        assert f"{name}: not a number of 0 or more" in result.stderr
+        assert "Traceback" not in result.stderr
