@@ -75,6 +75,17 @@ def pki_status(args: argparse.Namespace) -> int:
         if path.exists():
             cert = x509.load_pem_x509_certificate(path.read_bytes())
             rows.append((f"({name} CA)", "ca", "", "", cert.not_valid_after_utc, ""))
+    expiring = []
+    crl_path = store.ca_dir / "crl.pem"
+    if crl_path.exists():
+        # Renewed by every sync long before its next update: only a lapsed one fails the check.
+        next_update = x509.load_pem_x509_crl(crl_path.read_bytes()).next_update_utc
+        lapsed = next_update is not None and next_update <= now
+        if lapsed:
+            expiring.append("(CRL)")
+        state = "lapsed: run sensormail pki sync" if lapsed else "next update; renewed by a sync"
+        if next_update is not None:
+            rows.append(("(CRL)", "crl", "", "", next_update, state))
     for name, rec in sorted(records.items()):
         state = f"revoked {rec.revoked[:10]}" if rec.revoked else ""
         if current is not None and name not in current:
@@ -82,7 +93,6 @@ def pki_status(args: argparse.Namespace) -> int:
         rows.append(
             (name, rec.role, rec.mode, rec.address, dt.datetime.fromisoformat(rec.not_after), state)
         )
-    expiring = []
     print(f"{'host':<24} {'role':<8} {'mode':<5} {'address':<15} {'cert expiry':<17} days left")
     for name, role, mode, address, expiry, state in rows:
         days = (expiry - now).days

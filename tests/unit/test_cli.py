@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -179,3 +180,22 @@ def test_bad_settings_are_named_not_tracebacks(project):
         assert result.returncode == 1
         assert f"{name}: not a number of 0 or more" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_status_shows_the_crl_and_fails_when_it_has_lapsed(project, monkeypatch):
+    from sensormail import inventory
+    from sensormail.fleet import build_fleet
+    from sensormail.store import Store
+
+    monkeypatch.setenv("SENSORMAIL_CA_PASSPHRASE", "cli test")
+    fleet = build_fleet(e for e, _ in inventory.read(project / "inventory" / "fleet.py"))
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)  # a 30-day CRL, never renewed
+    Store(project / "pki").sync(fleet, now=long_ago)
+    lapsed = sensormail("pki", "status", "--warn-days", "0", cwd=project)
+    assert lapsed.returncode == 1
+    assert "lapsed: run sensormail pki sync" in lapsed.stdout
+    assert "(CRL)" in lapsed.stderr
+    assert sensormail("pki", "sync", "-i", "inventory/fleet.py", cwd=project).returncode == 0
+    renewed = sensormail("pki", "status", "--warn-days", "0", cwd=project)
+    assert renewed.returncode == 0, renewed.stderr
+    assert "next update; renewed by a sync" in renewed.stdout
