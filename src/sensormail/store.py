@@ -96,7 +96,7 @@ def _env_number(name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value < 1e9:  # also nan and inf
         raise StoreError(f"{name}: not a number of 0 or more: {text!r}")
     return value
 
@@ -712,6 +712,7 @@ class Store:
             self._check_unique(records)
             staged = batch.changes
             crl = self._ensure_crl(issuing, revoked, fleet, now, batch)
+            crl_reissued = batch.changes > staged
             after = self._registry_bytes(records, revoked, lines)
             if after != before:
                 batch.write(self.registry_path, after, 0o644)
@@ -724,7 +725,7 @@ class Store:
                 crl.public_bytes(serialization.Encoding.PEM),
                 tuple(new),
                 tuple(reissued),
-                batch.changes > staged,
+                crl_reissued,
             )
 
     def preview(
@@ -1010,7 +1011,8 @@ def _run(context: _Context, jobs: list[_Job]) -> Iterator[_Result]:
     fewer; each child stages its files and leaves its results in a file.
     """
     global _context
-    workers = int(_env_number("SENSORMAIL_WORKERS", os.cpu_count() or 1))
+    # More than 64 would gain nothing and could overfill the queue's pipe.
+    workers = min(int(_env_number("SENSORMAIL_WORKERS", os.cpu_count() or 1)), 64)
     _context = context
     queue = -1
     try:
@@ -1112,6 +1114,16 @@ def _work(job: _Job) -> _Result:
             ) from None
         assert isinstance(loaded, ec.EllipticCurvePrivateKey)
         key = loaded
+        record = job.record
+        assert record is not None
+        if (
+            pki.fingerprint(cert) != record.cert_sha256
+            or pki.wireguard_public(wg_private) != record.wg_public
+        ):  # never renew a bundle the registry does not list (a restored, superseded one)
+            raise StoreError(
+                f"host {job.name!r}: {path} does not hold the keys the registry lists for it; "
+                f"restore it from a backup, or give the host new keys (--data rotate={job.name})"
+            )
     if wg_private is None:
         wg = pki.wireguard_keys()
         wg_private, wg_public = wg.private, wg.public

@@ -157,7 +157,7 @@ def test_duplicate_wireguard_keys_are_refused(store):
     doc = json.loads(store.registry_path.read_text())
     doc["hosts"]["temp-2"]["sender"] = "changed@x.example"  # forces a re-read
     store.registry_path.write_text(json.dumps(doc))
-    with pytest.raises(StoreError, match="host 'temp-2', field 'wg_public'"):
+    with pytest.raises(StoreError, match=r"'temp-2'.*does not hold the keys the registry lists"):
         store.sync(build_fleet(entries()), now=NOW)
 
 
@@ -389,3 +389,13 @@ def test_a_host_back_after_its_address_was_reused_takes_a_new_one(store):
     assert len(set(addresses.values())) == len(addresses)
     assert addresses["temp-3"] == first["temp-1"].record.address  # the live holder keeps it
     assert addresses["temp-2"] == first["temp-2"].record.address
+
+
+def test_a_superseded_bundle_put_back_is_never_renewed(store, tmp_path):
+    fleet = build_fleet(entries())
+    store.sync(fleet, now=NOW)
+    old = store.host_file("temp-1").read_bytes()
+    store.sync(fleet, now=NOW, rotate={"temp-1"})
+    store.host_file("temp-1").write_bytes(old)
+    with pytest.raises(StoreError, match="does not hold the keys the registry lists"):
+        store.sync(fleet, now=NOW + dt.timedelta(days=250))  # due: would re-certify it

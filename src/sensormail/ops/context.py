@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gevent.lock import Semaphore
 from pyinfra import inventory, state
 
 from .. import inventory as inventory_adapter
@@ -20,6 +21,10 @@ __all__ = ["fleet_and_credentials"]
 
 _cache: dict[int, tuple[Fleet, Credentials]] = {}
 _failed: dict[int, Exception] = {}
+# pyinfra loads deploy.py for every host in parallel greenlets: while one syncs
+# (and yields, on the store lock or a fork), the others must wait for its result,
+# not sync (and rotate) again.
+_guard = Semaphore()
 
 
 def fleet_and_credentials() -> tuple[Fleet, Credentials]:
@@ -29,6 +34,11 @@ def fleet_and_credentials() -> tuple[Fleet, Credentials]:
     host receiving them, and the gateway that must know them, is in this run:
     otherwise a `--limit` run would leave part of the fleet locked out.
     """
+    with _guard:
+        return _once()
+
+
+def _once() -> tuple[Fleet, Credentials]:
     key = id(inventory._get_module())  # one inventory per pyinfra run
     if key in _failed:
         raise _failed[key]  # deploy.py runs once per host: decide once
