@@ -22,7 +22,8 @@ def _store(args: argparse.Namespace, existing: bool = False) -> Store:
     """The project's store; with `existing`, one that a sync has made (none is made here)."""
     hint = Path(args.inventory).resolve().parent if getattr(args, "inventory", None) else None
     store = Store(default_dir(hint))
-    if existing and not store.registry_path.exists():
+    made = store.registry_path.exists() or (store.ca_dir / "root.crt").exists()
+    if existing and not made:
         raise StoreError(
             f"no store at {store.path}: run this in the project (the directory holding "
             "deploy.py and inventory/), give -i INVENTORY, or set SENSORMAIL_PKI_DIR"
@@ -30,10 +31,10 @@ def _store(args: argparse.Namespace, existing: bool = False) -> Store:
     return store
 
 
-def _read_inventory(path: str) -> list:
+def _read_inventory(path: str, override: dict | None = None) -> list:
     if not Path(path).is_file():
         raise StoreError(f"no inventory file {path}")
-    return inventory.read(Path(path))
+    return inventory.read(Path(path), override)
 
 
 def _progress(started: float):
@@ -137,13 +138,9 @@ def pki_forget(args: argparse.Namespace) -> int:
 
 def pki_sync(args: argparse.Namespace) -> int:
     """Do to the store exactly what a deploy does, without touching any host."""
-    path = Path(args.inventory)
-    if not path.is_file():
-        print(f"sensormail: no inventory file {path}", file=sys.stderr)
-        return 2
     override = {"rotate": args.rotate} if args.rotate else {}
     started = time.monotonic()
-    hosts = inventory.read(path, override)
+    hosts = _read_inventory(args.inventory, override)
     fleet = build_fleet(entry for entry, _ in hosts)
     store = _store(args)
     rotate = inventory.rotation(data for _, data in hosts)

@@ -175,25 +175,7 @@ class HostCredentials:
         self._parts  # noqa: B018 (reading it is the check)
 
     def check(self, chain: bytes, key_pem: bytes, wg_private: str) -> None:
-        """The bundle must hold what the registry lists, which the gateway's maps come
-        from: a copied, swapped or half-restored bundle never reaches a host."""
-        try:
-            cert = pki.load_cert(chain)
-            key = serialization.load_pem_private_key(key_pem, None)
-            wg_public = pki.wireguard_public(wg_private)
-        except ValueError as exc:
-            raise StoreError(f"host {self.name!r}: {self.path} is damaged ({exc})") from None
-        if (
-            pki.fingerprint(cert) != self.record.cert_sha256
-            or not isinstance(key, ec.EllipticCurvePrivateKey)
-            or not pki.key_matches(cert, key)
-            or wg_public != self.record.wg_public
-        ):
-            raise StoreError(
-                f"host {self.name!r}: {self.path} does not hold the keys the registry lists "
-                f"for it; restore it from a backup, or give the host new keys "
-                f"(--data rotate={self.name})"
-            )
+        _matching(self.record, self.path, chain, key_pem, wg_private)
 
     @property
     def cert_chain_pem(self) -> bytes:
@@ -1091,7 +1073,7 @@ def _work(job: _Job) -> _Result:
     want, now, lifetimes = job.want, ctx.now, ctx.lifetimes
     superseded = []
 
-    cert = key = wg_private = None
+    cert = key = None
     # A bundle the registry never named is a leftover (an interrupted run, a
     # forgotten host, a restored file): never adopted, its keys may be revoked.
     fresh = job.record is None or not os.path.exists(path)
@@ -1103,32 +1085,13 @@ def _work(job: _Job) -> _Result:
     if not fresh and not job.rotate:
         # Keys are kept unless rotating: a registered host's bundle that cannot
         # be read is an error to resolve, never a reason to make new keys silently.
+        assert job.record is not None
         chain, key_pem, wg_private = _read_bundle(Path(path), job.name)
-        try:
-            cert = pki.load_cert(chain)
-            loaded = serialization.load_pem_private_key(key_pem, None)
-        except ValueError as exc:
-            raise StoreError(
-                f"host {job.name!r}: {path} is damaged ({exc}); restore it from a backup, "
-                f"or give the host new keys (--data rotate={job.name})"
-            ) from None
-        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
-        key = loaded
-        record = job.record
-        assert record is not None
-        if (
-            pki.fingerprint(cert) != record.cert_sha256
-            or pki.wireguard_public(wg_private) != record.wg_public
-        ):  # never renew a bundle the registry does not list (a restored, superseded one)
-            raise StoreError(
-                f"host {job.name!r}: {path} does not hold the keys the registry lists for it; "
-                f"restore it from a backup, or give the host new keys (--data rotate={job.name})"
-            )
-    if wg_private is None:
+        cert, key = _matching(job.record, path, chain, key_pem, wg_private)
+        wg_public = job.record.wg_public  # _matching checked it against the private key
+    else:
         wg = pki.wireguard_keys()
         wg_private, wg_public = wg.private, wg.public
-    else:
-        wg_public = pki.wireguard_public(wg_private)
     key = key or pki.new_key()
     # A certificate is kept only with its own key, from the current issuing CA,
     # naming what it should, and not yet due.
@@ -1182,6 +1145,34 @@ def _work(job: _Job) -> _Result:
 
 def _registry_line(record: HostRecord) -> str:
     return f"  {json.dumps(record.name)}: {json.dumps(vars(record))}"
+
+
+def _matching(
+    record: HostRecord, path: Path | str, chain: bytes, key_pem: bytes, wg_private: str
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A bundle's certificate and key, if it holds what the registry lists (which the
+    gateway's maps come from): a copied, swapped or superseded bundle is never renewed
+    nor pushed to a host."""
+    try:
+        cert = pki.load_cert(chain)
+        key = serialization.load_pem_private_key(key_pem, None)
+        wg_public = pki.wireguard_public(wg_private)
+    except ValueError as exc:
+        raise StoreError(
+            f"host {record.name!r}: {path} is damaged ({exc}); restore it from a backup, "
+            f"or give the host new keys (--data rotate={record.name})"
+        ) from None
+    if (
+        pki.fingerprint(cert) != record.cert_sha256
+        or not isinstance(key, ec.EllipticCurvePrivateKey)
+        or not pki.key_matches(cert, key)
+        or wg_public != record.wg_public
+    ):
+        raise StoreError(
+            f"host {record.name!r}: {path} does not hold the keys the registry lists for it; "
+            f"restore it from a backup, or give the host new keys (--data rotate={record.name})"
+        )
+    return cert, key
 
 
 def _read_bundle(path: Path, name: str) -> tuple[bytes, bytes, str]:

@@ -199,3 +199,11 @@ def test_status_shows_the_crl_and_fails_when_it_has_lapsed(project, monkeypatch)
     renewed = sensormail("pki", "status", "--warn-days", "0", cwd=project)
     assert renewed.returncode == 0, renewed.stderr
     assert "next update; renewed by a sync" in renewed.stdout
+
+
+def test_status_says_a_lost_registry_is_lost(project):
+    assert sensormail("pki", "sync", "-i", "inventory/fleet.py", cwd=project).returncode == 0
+    (project / "pki" / "registry.json").unlink()
+    status = sensormail("pki", "status", cwd=project)
+    assert status.returncode == 1
+    assert "registry.json is missing beside an existing CA" in status.stderr
